@@ -1,0 +1,156 @@
+"""The PC-CLIP difference math, as plain numpy functions on embeddings.
+
+Notation (Sam et al., "Finetuning CLIP to Reason about Pairwise Differences", arXiv 2409.09721):
+g(I) is the image embedding, f(T) the text embedding, n(x) = x / ||x||.
+
+- pair difference      d(I1, I2) = n( n(g(I1)) - n(g(I2)) )
+- compare              s(T; I1, I2) = cos( f(T), d(I1, I2) )      (> 0: "the first has more of T")
+- rank                 images ordered by  r_i = cos( f(T), n(g(I_i)) )  -- see `rank`
+- zero-shot            logits_ic = scale * cos( n(g(I_i)), w_c ),  w_c = n( mean_t n(f(template_t(c))) )
+- comparative prompt   for a hint (a, b, T) -- "T says how class a differs from class b" --
+                       the estimate of b is  f_a - f_T  (and, symmetric, of a:  f_b + f_T);
+                       w'_c = n( alpha * w_c + (1 - alpha) * mean(estimates of c) )
+
+Every function accepts float arrays of any float dtype and returns float32.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+
+DEFAULT_TEMPLATES: tuple[str, ...] = ("a photo of a {}.",)
+DEFAULT_ALPHA = 0.8
+_EPS = 1e-12
+
+
+def normalize(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    """L2-normalise along `axis` (zero vectors stay zero)."""
+    x = np.asarray(x, dtype=np.float32)
+    norm = np.linalg.norm(x, axis=axis, keepdims=True)
+    return (x / np.maximum(norm, _EPS)).astype(np.float32)
+
+
+def pair_difference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """d(a, b) = n(n(a) - n(b)); broadcasts over leading axes. Identical inputs give a zero vector."""
+    return normalize(normalize(a) - normalize(b))
+
+
+def compare(image_a: np.ndarray, image_b: np.ndarray, text: np.ndarray) -> np.ndarray:
+    """cos(f(T), d(g(I_a), g(I_b))): > 0 means T describes how a differs from b.
+
+    Shapes broadcast: ([D], [D], [D]) -> scalar array; ([N, D], [N, D], [D] or [N, D]) -> [N].
+    """
+    d = pair_difference(image_a, image_b)
+    return np.sum(d * normalize(text), axis=-1).astype(np.float32)
+
+
+def attribute_scores(images: np.ndarray, text: np.ndarray) -> np.ndarray:
+    """Scores r_i = cos(f(T), n(g(I_i))) of images [N, D] for one attribute text [D] -> [N].
+
+    Consistency with `compare`: for normalised a, b, n(a) - n(b) is a positive multiple of
+    d(a, b), so  sign(compare(a, b, T)) = sign(r_a - r_b).  Ranking by r therefore orders the
+    images exactly as pairwise comparisons do (ties aside).
+    """
+    return (normalize(images) @ normalize(text)).astype(np.float32)
+
+
+def rank(images: np.ndarray, text: np.ndarray, top_k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Order images [N, D] by how much they have the attribute T: (indices, scores), highest first."""
+    scores = attribute_scores(images, text)
+    order = np.argsort(-scores, kind="stable")
+    if top_k is not None:
+        order = order[: max(0, int(top_k))]
+    return order, scores[order]
+
+
+def class_embeddings(
+    classnames: Sequence[str],
+    encode_texts: Callable[[list[str]], np.ndarray],
+    templates: Sequence[str] = DEFAULT_TEMPLATES,
+) -> np.ndarray:
+    """Template ensemble: w_c = n(mean_t n(f(template_t.format(c)))) -> [C, D]."""
+    if not templates:
+        raise ValueError("need at least one template")
+    prompts = [t.format(c) if "{}" in t else f"{t} {c}" for c in classnames for t in templates]
+    emb = normalize(encode_texts(prompts)).reshape(len(classnames), len(templates), -1)
+    return normalize(emb.mean(axis=1))
+
+
+def zero_shot_logits(images: np.ndarray, classes: np.ndarray, scale: float = 100.0) -> np.ndarray:
+    """logits [N, C] = scale * n(images) @ classes.T."""
+    return (float(scale) * (normalize(images) @ normalize(classes).T)).astype(np.float32)
+
+
+def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Numerically stable softmax."""
+    z = np.asarray(logits, dtype=np.float64)
+    z = z - z.max(axis=axis, keepdims=True)
+    e = np.exp(z)
+    return (e / e.sum(axis=axis, keepdims=True)).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Hint:
+    """`text` says how class `a` differs from class `b` ("a crow is larger than a raven")."""
+
+    a: str
+    b: str
+    text: str
+
+
+def comparative_prompting(
+    classnames: Sequence[str],
+    class_embs: np.ndarray,
+    hints: Iterable[Hint],
+    hint_embs: np.ndarray,
+    alpha: float = DEFAULT_ALPHA,
+    symmetric: bool = True,
+) -> np.ndarray:
+    """Correct class embeddings [C, D] with difference hints (PC-CLIP comparative prompting).
+
+    For a hint (a, b, T) with text embedding f_T, the estimate of class b is f_a - f_T, as in the
+    official implementation. With `symmetric=True` (our default) the same hint also gives the
+    estimate f_b + f_T of class a: the text relates both classes and the geometry is the same in
+    both directions, so a hinted pair moves both of its members. Each class c with estimates gets
+    w'_c = n(alpha * w_c + (1 - alpha) * mean(estimates of c)); classes without hints are returned
+    unchanged. Estimates use the *uncorrected* embeddings, so the result does not depend on hint order.
+    """
+    hints = list(hints)
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    base = normalize(class_embs)
+    if not hints:
+        return base.copy()
+    hint_embs = normalize(np.asarray(hint_embs).reshape(len(hints), -1))
+    index = {name: i for i, name in enumerate(classnames)}
+    estimates: dict[int, list[np.ndarray]] = {}
+    for hint, f_t in zip(hints, hint_embs):
+        for name in (hint.a, hint.b):
+            if name not in index:
+                raise KeyError(f"hint names unknown class {name!r}")
+        ia, ib = index[hint.a], index[hint.b]
+        estimates.setdefault(ib, []).append(base[ia] - f_t)
+        if symmetric:
+            estimates.setdefault(ia, []).append(base[ib] + f_t)
+    out = base.copy()
+    for i, ests in estimates.items():
+        out[i] = normalize(alpha * base[i] + (1.0 - alpha) * np.mean(ests, axis=0))
+    return out
+
+
+def hints_from_dicts(items: Iterable[Mapping[str, str]]) -> list[Hint]:
+    """[{"a":..., "b":..., "text":...}] -> [Hint]."""
+    return [Hint(str(h["a"]), str(h["b"]), str(h["text"])) for h in items]
+
+
+def compare_probability(score: np.ndarray | float, temperature: float = 0.1, bias: float = 0.0) -> np.ndarray:
+    """Logistic map of a compare score to P(T holds): sigmoid((score - bias) / temperature).
+
+    The default temperature is a placeholder; calibrated values (fitted by logistic regression on
+    held-out pairs) travel with a model and override it.
+    """
+    z = (np.asarray(score, dtype=np.float64) - bias) / max(float(temperature), _EPS)
+    return (1.0 / (1.0 + np.exp(-z))).astype(np.float32)

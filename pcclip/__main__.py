@@ -1,0 +1,5 @@
+import sys
+
+from pcclip.cli import main
+
+sys.exit(main())

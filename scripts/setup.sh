@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Set up a fresh machine: Redis server (Debian package) and a virtual environment at .venv
+# with the project and all its extras (serve + cpu ONNX Runtime + train + dev).
+# Re-running it is cheap: it skips what is already there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+EXTRAS="${PCCLIP_EXTRAS:-serve,cpu,train,dev}"
+PYTHON="${PYTHON:-python3}"
+
+if ! command -v redis-server >/dev/null 2>&1; then
+  echo "[setup] installing redis-server"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-server >/dev/null
+fi
+# The Debian package starts a system-wide server on :6379 on some machines; tests start their own.
+
+if [ ! -x .venv/bin/python ]; then
+  echo "[setup] creating .venv"
+  "$PYTHON" -m venv .venv
+fi
+# torch first, pinned: the registry's unpinned torch drags in several GB of CUDA packages.
+.venv/bin/pip install -q --disable-pip-version-check "torch==2.13.0"
+.venv/bin/pip install -q --disable-pip-version-check -e ".[${EXTRAS}]"
+echo "[setup] done: $(.venv/bin/python -c 'import torch, onnxruntime; print("torch", torch.__version__, "onnxruntime", onnxruntime.__version__)')"
