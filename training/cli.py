@@ -1,0 +1,27 @@
+"""`pcclip` subcommands of the training package (pairs, train, eval, export).
+
+Each command lives in its own module with a `register(subparsers)` function; heavy imports
+happen inside the handlers so `pcclip --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+COMMAND_MODULES = (
+    "training.pairs.commands",   # pcclip pairs
+    "training.train_commands",   # pcclip train
+    "training.eval_commands",    # pcclip eval
+    "training.export_commands",  # pcclip export
+)
+
+
+def register(sub) -> None:
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as err:
+            if err.name == name:  # that command has not been written yet
+                continue
+            raise
+        module.register(sub)
