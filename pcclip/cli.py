@@ -23,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as err:
-            if err.name and module_name.startswith(err.name):
+            if err.name and (module_name == err.name or module_name.startswith(err.name + ".")):
                 continue
             raise
         module.register(sub)

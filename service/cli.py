@@ -9,7 +9,7 @@ def register(sub) -> None:
     try:
         module = importlib.import_module("service.serve_command")
     except ModuleNotFoundError as err:
-        if err.name == "service.serve_command":
+        if err.name in ("service.serve_command",):
             return
         raise
     module.register(sub)
