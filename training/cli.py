@@ -21,7 +21,7 @@ def register(sub) -> None:
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as err:
-            if err.name == name:  # that command has not been written yet
+            if err.name and (name == err.name or name.startswith(err.name + ".")):  # not written yet
                 continue
             raise
         module.register(sub)
