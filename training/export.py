@@ -309,7 +309,6 @@ def export_bundle(
     import torch
 
     from models.loading import load_model
-    from models.preprocess import PreprocessConfig  # noqa: F401  (documented in the manifest)
 
     if quantize not in (None, "int8"):
         raise ExportError(f"unknown quantization {quantize!r} (only int8)")
@@ -321,6 +320,8 @@ def export_bundle(
     evaluation = json.loads(Path(eval_report).read_text()) if eval_report else None
 
     loaded = load_model(spec)
+    if evaluation is None and isinstance(loaded.info.get("evaluation"), dict):
+        evaluation = loaded.info["evaluation"]  # a summary the trainer stored with the weights
     model = loaded.model.float().eval()
     _use_eager_attention(model)
     torch_encoder = loaded.encoder(batch_size=16)

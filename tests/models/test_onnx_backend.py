@@ -108,6 +108,10 @@ def test_missing_file_and_unhashed_file_are_refused(tiny_vit_bundle, tmp_path):
     (copy2 / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(BundleIntegrityError, match="not covered"):
         load_bundle_encoder(copy2)
+    del manifest["image"]
+    (copy2 / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="incomplete"):
+        load_bundle_encoder(copy2)
     (copy2 / "manifest.json").write_text("{not json")
     with pytest.raises(BundleError, match="JSON"):
         load_bundle_encoder(copy2)
