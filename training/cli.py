@@ -21,7 +21,7 @@ def register(sub) -> None:
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as err:
-            if err.name == name:  # that command has not been written yet
+            if err.name and name.startswith(err.name):  # that command (or its package) has not been written yet
                 continue
             raise
         module.register(sub)

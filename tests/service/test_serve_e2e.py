@@ -17,7 +17,7 @@ from tests.service.conftest import free_port
 @pytest.mark.slow
 def test_pcclip_serve_end_to_end(redis_url, photo_b64, tmp_path):
     port = free_port()
-    env = dict(os.environ, PCCLIP_REDIS_URL=redis_url, PCCLIP_API_KEYS="e2e-key", PCCLIP_LOG_LEVEL="warning")
+    env = dict(os.environ, PCCLIP_REDIS_URL=redis_url, PCCLIP_API_KEYS="e2e-key", PCCLIP_LOG_LEVEL="warning", PCCLIP_MAX_BODY_BYTES="1000000")
     log = open(tmp_path / "serve.log", "w+")
     proc = subprocess.Popen(
         [sys.executable, "-m", "pcclip", "serve", "--host", "127.0.0.1", "--port", str(port), "--model", "pcclip-mini"],
@@ -48,6 +48,10 @@ def test_pcclip_serve_end_to_end(redis_url, photo_b64, tmp_path):
             bad = http.post("/v1/embed", json={"images": ["!!"]})
             assert bad.status_code == 422 and bad.json()["error"]["index"] == 0
             assert httpx.post(f"{base}/v1/embeddings", json={"input": "x"}).status_code == 401
+            # a chunked body (no Content-Length) past the limit is cut off with 413
+            streamed = http.post("/v1/embed", content=(b" " * 65536 for _ in range(40)), headers={"content-type": "application/json"})
+            assert streamed.status_code == 413 and streamed.json()["error"]["code"] == "body_too_large"
+            assert http.get("/healthz").status_code == 200
             assert 'pcclip_requests_total{method="POST",route="/v1/rank",status="200"} 1.0' in http.get("/metrics").text
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -57,4 +61,5 @@ def test_pcclip_serve_end_to_end(redis_url, photo_b64, tmp_path):
             proc.kill()
             proc.wait()
         log.close()
-    assert proc.returncode == 0
+    # a graceful shutdown: uvicorn finishes and re-raises SIGTERM (it was not killed)
+    assert proc.returncode in (0, -signal.SIGTERM)
