@@ -167,8 +167,21 @@ class RunningApi:
         return self.log_path.read_text(errors="replace")[-4000:]
 
 
+def pcclip_commands() -> set[str]:
+    """The subcommands `pcclip` has in this checkout."""
+    from pcclip.cli import build_parser
+
+    return set(build_parser()._subparsers._group_actions[0].choices)
+
+
+def require_command(name: str) -> None:
+    if name not in pcclip_commands():
+        pytest.skip(f"`pcclip {name}` is not in this checkout yet")
+
+
 def start_image_api(dockerfile: Path, tmp: Path, redis_url: str, bundle: Path, ready_timeout: float = 120) -> RunningApi:
     """Run the API image's entry command locally: same argv and ENV, loopback port, local Redis and bundle."""
+    require_command("serve")
     image = ImageCommand.parse(dockerfile)
     port = free_port()
     # The image serves the bundle at PCCLIP_MODEL inside the model volume; here that path is the local bundle.
@@ -208,8 +221,10 @@ def mini_bundle(tmp_path_factory, data_dir):
 
 
 @pytest.fixture(scope="session")
-def api_from_image(tmp_path_factory, deploy_redis, mini_bundle):
+def api_from_image(request, tmp_path_factory, deploy_redis):
     """The slim API image's command, running (stopped at the end of the session)."""
+    require_command("serve")
+    mini_bundle = request.getfixturevalue("mini_bundle")  # exported only when there is a service to serve it
     api = start_image_api(DOCKER_DIR / "api.Dockerfile", tmp_path_factory.mktemp("api"), deploy_redis.url, mini_bundle)
     yield api
     stop_process(api.proc)
