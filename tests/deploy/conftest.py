@@ -12,7 +12,6 @@ import json
 import os
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -23,17 +22,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.service.conftest import RedisServer, free_port  # a real redis-server, AOF on
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DOCKER_DIR = REPO_ROOT / "docker"
 VENV_BIN = Path(sys.executable).parent
 # Variables that describe the image's filesystem, not the service: the local process keeps its own.
 IMAGE_ONLY_ENV = {"PATH", "PIP_DISABLE_PIP_VERSION_CHECK", "DEBIAN_FRONTEND"}
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
@@ -105,36 +100,6 @@ class ImageCommand:
         env.update(overrides)
         env["PATH"] = f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"
         return env
-
-
-class RedisServer:
-    """A real redis-server on a free loopback port, with AOF on (as in docker-compose.yml)."""
-
-    def __init__(self, directory: Path):
-        self.directory, self.port, self.proc = Path(directory), free_port(), None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> "RedisServer":
-        exe = shutil.which("redis-server") or pytest.fail("redis-server is not installed (bash scripts/setup.sh)")
-        self.proc = subprocess.Popen(
-            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
-             "--dir", str(self.directory), "--protected-mode", "no"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-
-        def pong():
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
-                s.sendall(b"PING\r\n")
-                return s.recv(16).startswith(b"+PONG")
-
-        wait_until(pong, 10, f"redis-server on port {self.port}", interval=0.05)
-        return self
-
-    def stop(self) -> None:
-        stop_process(self.proc)
 
 
 def stop_process(proc: subprocess.Popen | None, timeout: float = 15) -> None:
