@@ -82,7 +82,10 @@ def verify_bundle(root: str | Path, manifest: dict | None = None) -> dict:
     files = manifest.get("files")
     if not isinstance(files, dict) or not files:
         raise BundleError(f"{root}/{MANIFEST} lists no files")
-    needed = [manifest["image"]["file"], manifest["text"]["file"], manifest["tokenizer"]["file"], manifest["preprocess_file"]]
+    try:
+        needed = [manifest["image"]["file"], manifest["text"]["file"], manifest["tokenizer"]["file"], manifest["preprocess_file"]]
+    except (KeyError, TypeError) as err:
+        raise BundleError(f"{root}/{MANIFEST} is incomplete: no {err}") from err
     unlisted = [f for f in needed if f not in files]
     if unlisted:
         raise BundleIntegrityError(f"bundle {root}: {unlisted} not covered by the manifest's hashes")

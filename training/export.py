@@ -21,6 +21,7 @@ import logging
 import os
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,7 +56,9 @@ PARITY_TEXTS = [
     "x" * 600,
     "The first bird has a more colourful crown, a shorter tail, and a stouter bill than the second bird, "
     "which is otherwise similar in overall size and shape; both perch on thin branches near water, "
-    "and the first one is singing while the second one is preening its wing feathers in the sun.",
+    "and the first one is singing while the second one is preening its wing feathers in the sun. "
+    "Later, both birds fly off over the lake, the first one higher and faster, calling loudly, while the "
+    "second one follows it low across the reeds and lands again on the far shore among the tall grass.",
 ]
 
 
@@ -162,7 +165,11 @@ def _export_onnx(module, example, path: Path, input_name: str, opset: int) -> No
     # composite path, not the fused `_native_multi_head_attention` kernel ONNX cannot express.
     for p in module.parameters():
         p.requires_grad_(True)
-    with torch.enable_grad():
+    with torch.enable_grad(), warnings.catch_warnings():
+        # The tracer's notes on shape checks and constant folding: the graph is verified below
+        # by running it (parity), so they are noise here.
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.onnx\..*")
         torch.onnx.export(
             module,
             (example,),
@@ -219,7 +226,7 @@ def write_tokenizer(loaded, dest: Path) -> dict:
 # parity and evaluation
 # ---------------------------------------------------------------------------------------------
 
-def measure_parity(torch_encoder, onnx_encoder, images: list[Path], texts: list[str]) -> dict:
+def measure_parity(torch_encoder, onnx_encoder, images: list[Path], texts: list[str], data_dir: Path | None = None) -> dict:
     """Compare a bundle with the torch model on the same inputs (through each side's own path)."""
     torch_ids = torch_encoder.tokenize(texts)
     onnx_ids = onnx_encoder.tokenize(texts)
@@ -231,7 +238,7 @@ def measure_parity(torch_encoder, onnx_encoder, images: list[Path], texts: list[
     return {
         "images": image,
         "texts": text,
-        "image_files": [f"{p.parent.parent.name}/{p.parent.name}/{p.name}" for p in images],
+        "image_files": [str(p.relative_to(data_dir)) if data_dir and p.is_relative_to(data_dir) else str(p) for p in images],
         "texts_truncated": truncated,
         "tokenizer": {"texts": len(texts), "identical_ids": not mismatched, "mismatched": mismatched},
         "tolerance": {"max_abs_diff": MAX_ABS_TOLERANCE, "min_cosine": MIN_COSINE},
@@ -302,7 +309,6 @@ def export_bundle(
     import torch
 
     from models.loading import load_model
-    from models.preprocess import PreprocessConfig  # noqa: F401  (documented in the manifest)
 
     if quantize not in (None, "int8"):
         raise ExportError(f"unknown quantization {quantize!r} (only int8)")
@@ -314,6 +320,8 @@ def export_bundle(
     evaluation = json.loads(Path(eval_report).read_text()) if eval_report else None
 
     loaded = load_model(spec)
+    if evaluation is None and isinstance(loaded.info.get("evaluation"), dict):
+        evaluation = loaded.info["evaluation"]  # a summary the trainer stored with the weights
     model = loaded.model.float().eval()
     _use_eager_attention(model)
     torch_encoder = loaded.encoder(batch_size=16)
@@ -361,7 +369,7 @@ def export_bundle(
 
         seal()
         onnx_encoder = load_bundle_encoder(staging, batch_size=5)  # odd batch size: exercises the dynamic axis
-        parity = measure_parity(torch_encoder, onnx_encoder, images, texts)
+        parity = measure_parity(torch_encoder, onnx_encoder, images, texts, data_dir)
         manifest["parity"] = parity
         log.info(
             "parity fp32: images max|d| %.2e cos %.7f; texts max|d| %.2e cos %.7f; tokenizer identical: %s",
@@ -380,7 +388,7 @@ def export_bundle(
                 manifest["quantization"] = "int8"
                 seal()
                 int8_encoder = load_bundle_encoder(staging, batch_size=5)
-                int8 = measure_parity(torch_encoder, int8_encoder, images, texts)
+                int8 = measure_parity(torch_encoder, int8_encoder, images, texts, data_dir)
                 fp32_top1 = cub_zero_shot_top1(onnx_encoder, data_dir)
                 int8_top1 = cub_zero_shot_top1(int8_encoder, data_dir)
                 manifest["parity"] = {"fp32": parity, "int8": int8}

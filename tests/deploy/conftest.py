@@ -178,14 +178,6 @@ def deploy_redis(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def mini_bundle(tmp_path_factory, data_dir):
-    """The default model exported once per session (ONNX bundle directory)."""
-    from training.export import export_bundle
-
-    return export_bundle("pcclip-mini", tmp_path_factory.mktemp("bundles") / "pcclip-mini", data_dir=data_dir).path
-
-
-@pytest.fixture(scope="session")
 def api_from_image(request, tmp_path_factory, deploy_redis):
     """The slim API image's command, running (stopped at the end of the session)."""
     require_command("serve")
