@@ -8,11 +8,18 @@ cd "$(dirname "$0")/.."
 EXTRAS="${PCCLIP_EXTRAS:-serve,cpu,train,dev}"
 PYTHON="${PYTHON:-python3}"
 
-if ! command -v redis-server >/dev/null 2>&1; then
-  echo "[setup] installing redis-server"
+# Debian packages: redis-server (class stores), docker-compose (v1: validates docker-compose.yml
+# offline) and prometheus (promtool and the server the deployment tests scrape the API with).
+APT_PACKAGES=""
+command -v redis-server >/dev/null 2>&1 || APT_PACKAGES="$APT_PACKAGES redis-server"
+command -v docker-compose >/dev/null 2>&1 || APT_PACKAGES="$APT_PACKAGES docker-compose"
+{ command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1; } || APT_PACKAGES="$APT_PACKAGES prometheus"
+if [ -n "$APT_PACKAGES" ]; then
+  echo "[setup] installing$APT_PACKAGES"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-server >/dev/null
+  # shellcheck disable=SC2086
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $APT_PACKAGES >/dev/null
 fi
 # The Debian package starts a system-wide server on :6379 on some machines; tests start their own.
 
