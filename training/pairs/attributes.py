@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from training.data import SIZE_ORDER, AttributeTable, CubDataset, size_score
-from training.pairs.base import CubPairSampler, PairRecord, PairWriter
+from training.pairs.base import CubPairSampler, PairRecord, PairWriter, with_article
 
 # ---------------------------------------------------------------------------------------------
 # The result type
@@ -122,10 +122,6 @@ PRESENT_B_TEMPLATES = (  # b has it, a does not
     "The first {n} {B}, while the second {A}.",
     "The first {n} {B}, unlike the second.",
 )
-
-
-def _article(phrase: str) -> str:
-    return ("an " if phrase[0] in "aeiou" else "a ") + phrase
 
 
 # ---------------------------------------------------------------------------------------------
@@ -231,6 +227,7 @@ class AttributeWriter:
         self.noun = noun or ("animal" if table.kind == "awa2" else "bird")
         self.margins = margins
         self.rng = random.Random(seed)
+        self._ranked_cache: dict[tuple[str, str], list[_Claim]] = {}
         self._claims: Callable[[str, str], list[_Claim]] = (
             self._awa2_claims if table.kind == "awa2" else self._cub_claims)
 
@@ -263,6 +260,12 @@ class AttributeWriter:
 
     def _ranked(self, class_a: str, class_b: str) -> list[_Claim]:
         """The strongest claim of each group (strongest first), then the rest by strength."""
+        key = (class_a, class_b)
+        if key not in self._ranked_cache:
+            self._ranked_cache[key] = self._rank(class_a, class_b)
+        return self._ranked_cache[key]
+
+    def _rank(self, class_a: str, class_b: str) -> list[_Claim]:
         claims = sorted(self._claims(class_a, class_b), key=lambda c: (-c.strength, c.kind))
         seen: set[str] = set()
         leaders, rest = [], []
@@ -323,7 +326,7 @@ class AttributeWriter:
             if plural:
                 fill = {"A": f"{ca} {part}", "B": f"{cb} {part}"}
             else:
-                fill = {"A": _article(f"{ca} {part}"), "B": _article(f"{cb} {part}")}
+                fill = {"A": with_article(f"{ca} {part}"), "B": with_article(f"{cb} {part}")}
             claims.append(_Claim(CONTRAST_TEMPLATES, fill, "colour", f"{part} colour", (xa, xb),
                                  row_a[xa], row_b[xa], 1, strength, other_attribute=xb))
         contrast = self._dominant_contrast(row_a, row_b, groups["has_primary_color"])
@@ -343,7 +346,7 @@ class AttributeWriter:
                     if self._dominant(has, groups[group]) == attr and \
                             self._dominant(lacks, groups[group]) != attr and \
                             has[attr] >= m.present_min and has[attr] - lacks[attr] >= m.pattern:
-                        np_ = _article(f"{word} {part}") if part != "wings" else f"{word} {part}"
+                        np_ = with_article(f"{word} {part}") if part != "wings" else f"{word} {part}"
                         claim = _Claim(PRESENT_A_TEMPLATES if side == 1 else PRESENT_B_TEMPLATES,
                                        {"A": f"has {np_}", "B": f"does not have {np_}"},
                                        "pattern", f"{part} pattern", (attr,), row_a[attr],

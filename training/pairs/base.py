@@ -118,11 +118,16 @@ class CocoPairSampler:
 # Captions for CUB photos (CUB has no human captions here): from class name and attributes
 # ---------------------------------------------------------------------------------------------
 
+def with_article(phrase: str) -> str:
+    """`a red crown`, `an olive crown`, `an Ivory Gull`."""
+    return ("an " if phrase[:1].lower() in ("a", "e", "i", "o", "u") else "a ") + phrase
+
+
 SIZE_WORDS = ("very small", "small", "medium-sized", "large", "very large")
 
 
 def cub_class_caption(table: AttributeTable, class_name: str) -> str:
-    """`a photo of a Red winged Blackbird, a small black bird with a black crown`."""
+    """`a Red winged Blackbird, a small black bird with a black crown`."""
     score = size_score(table, class_name)
     size = SIZE_WORDS[int(np.clip(round(score), 1, 5)) - 1]
     row = table.row(class_name)
@@ -131,5 +136,48 @@ def cub_class_caption(table: AttributeTable, class_name: str) -> str:
         attrs = table.groups()[group]
         return max(attrs, key=lambda a: (row[a], a)).split("::")[1]
 
-    return (f"a photo of a {readable_class_name(class_name)}, a {size} {dominant('has_primary_color')}"
+    return (f"{with_article(readable_class_name(class_name))}, a {size} {dominant('has_primary_color')}"
             f" bird with a {dominant('has_crown_color')} crown")
+
+
+@dataclass(frozen=True)
+class CaptionedPair:
+    """Two images with one caption each (the input of the captions and llm writers)."""
+
+    image_a: str
+    image_b: str
+    caption_a: str
+    caption_b: str
+    class_a: str | None = None
+    class_b: str | None = None
+
+
+class CaptionedPairSource(ABC):
+    """Samples pairs of captioned images."""
+
+    @abstractmethod
+    def sample(self, rng: random.Random) -> CaptionedPair: ...
+
+
+class CocoCaptionSource(CaptionedPairSource):
+    """Two different COCO photos, one of each photo's human captions."""
+
+    def __init__(self, images: Sequence[CocoImage]):
+        self.sampler = CocoPairSampler(images)
+
+    def sample(self, rng: random.Random) -> CaptionedPair:
+        a, cap_a, b, cap_b = self.sampler.sample(rng)
+        return CaptionedPair(a.path, b.path, cap_a, cap_b)
+
+
+class CubCaptionSource(CaptionedPairSource):
+    """CUB photos of two different classes, captioned from class name and attributes."""
+
+    def __init__(self, dataset: CubDataset, table: AttributeTable, split: str | None = "train"):
+        self.sampler = CubPairSampler(dataset, split)
+        self.captions = {c: cub_class_caption(table, c) for c in self.sampler.classes}
+
+    def sample(self, rng: random.Random) -> CaptionedPair:
+        a, b = self.sampler.sample(rng)
+        return CaptionedPair(a.path, b.path, self.captions[a.class_name],
+                             self.captions[b.class_name], a.class_name, b.class_name)
