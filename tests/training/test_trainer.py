@@ -183,3 +183,21 @@ def test_torchrun_two_processes_gloo(tmp_path, tiny_pairs):
     from models.checkpoints import state_fingerprint
 
     assert state_fingerprint(load_model(str(out / "final.pt")).model) == fingerprints[0]
+
+
+def test_caption_loss_mixed_in_and_last_text_layers(tmp_path, tiny_pairs, tiny_captions):
+    cfg = _cfg(tmp_path, tiny_pairs, "mix", captions=[str(tiny_captions)], clip_weight=0.5, train="text-last:1",
+               epochs=1, caption_batch_size=6, temperature=0.05)
+    torch.manual_seed(cfg.seed)
+    base = load_model(TINY).model.state_dict()
+    train(cfg)
+    final = _state(tmp_path / "mix" / "final.pt")
+    changed = {k for k in final if not torch.equal(final[k], base[k])}
+    assert changed and all(k.startswith("transformer.resblocks.1.") for k in changed - {"logit_scale"})
+    assert final["logit_scale"].item() == pytest.approx(torch.log(torch.tensor(20.0)).item())  # fixed at 1/T
+    steps = [json.loads(line) for line in (tmp_path / "mix" / "metrics.jsonl").read_text().splitlines() if '"step"' in line]
+    steps = [r for r in steps if r["event"] == "step"]
+    assert len(steps) == 5
+    for r in steps:
+        assert r["loss"] == pytest.approx(r["pc_loss"] + 0.5 * r["clip_loss"], rel=1e-5)
+        assert r["logit_scale"] == pytest.approx(20.0, rel=1e-5)
