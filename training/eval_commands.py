@@ -34,14 +34,21 @@ def register(sub) -> None:
 
 
 def run_eval(args) -> int:
+    import sys
+
+    from models.loading import ModelLoadError
     from training.evaluate import run_evaluation
 
-    report = run_evaluation(
-        args.model, args.out, base=args.base, root=args.data, split_file=args.split_file, seeds=args.seeds,
-        pairs_per_seed=args.pairs_per_seed, max_photos_per_class=args.max_photos_per_class,
-        max_classes=args.max_classes, confused_pairs=args.confused_pairs, cache_dir=args.cache_dir, device=args.device,
-        batch_size=args.batch_size, rank_text=args.rank_text,
-    )
+    try:
+        report = run_evaluation(
+            args.model, args.out, base=args.base, root=args.data, split_file=args.split_file, seeds=args.seeds,
+            pairs_per_seed=args.pairs_per_seed, max_photos_per_class=args.max_photos_per_class,
+            max_classes=args.max_classes, confused_pairs=args.confused_pairs, cache_dir=args.cache_dir,
+            device=args.device, batch_size=args.batch_size, rank_text=args.rank_text,
+        )
+    except (ValueError, FileNotFoundError, ModelLoadError) as err:  # bad input: say what, no traceback
+        print(f"pcclip eval: error: {err}", file=sys.stderr)
+        return 2
     print(json.dumps(report["summary"]["values"], indent=2))
     print(f"report: {args.out}/report.json; plots: {', '.join(report['plots'].values())}")
     return 0

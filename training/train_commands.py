@@ -86,10 +86,17 @@ def build_config(args) -> "TrainConfig":
 
 
 def run_train(args) -> int:
+    import sys
+
+    from models.loading import ModelLoadError
     from training.trainer import train
 
     cfg = build_config(args)
-    summary = train(cfg, resume=args.resume)
+    try:
+        summary = train(cfg, resume=args.resume)
+    except (ValueError, FileNotFoundError, ModelLoadError) as err:  # bad input: say what, no traceback
+        print(f"pcclip train: error: {err}", file=sys.stderr)
+        return 2
     if summary.get("final"):
         print(json.dumps(summary, indent=2))
     return 0

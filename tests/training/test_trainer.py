@@ -201,3 +201,18 @@ def test_caption_loss_mixed_in_and_last_text_layers(tmp_path, tiny_pairs, tiny_c
     for r in steps:
         assert r["loss"] == pytest.approx(r["pc_loss"] + 0.5 * r["clip_loss"], rel=1e-5)
         assert r["logit_scale"] == pytest.approx(20.0, rel=1e-5)
+
+
+def test_bad_input_is_a_clear_error(tmp_path, tiny_pairs, capsys):
+    from pcclip.cli import main
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"image_a": "cub100/images/x.jpg", "text": "t", "writer": "attributes"}\n')
+    common = ["train", "--model", TINY, "--out", str(tmp_path / "r"), "--exclude-classes", "none", "--cache-dir", str(tmp_path / "c")]
+    assert main([*common, "--pairs", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "bad.jsonl:1" in err and "image_b" in err
+    assert main([*common, "--pairs", str(tiny_pairs), "--batch-size", "1000"]) == 2
+    assert "fewer than one batch" in capsys.readouterr().err
+    assert main([*common, "--pairs", str(tiny_pairs), "--train", "wings"]) == 2
+    assert "unknown part" in capsys.readouterr().err
