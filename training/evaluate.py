@@ -125,11 +125,24 @@ def embed_model(name: str, spec: str, paths: Sequence[str], root: Path, cache_di
     feats = ImageFeatureCache(cache_dir, key).get(list(paths), root=root, compute=model.encode_image,
                                                   preprocess_cfg=loaded.preprocess_cfg, device=device, batch_size=batch_size)
     feats = dm.normalize(feats.numpy())
-    encoder = loaded.encoder(device=device, batch_size=batch_size)
+    pad_id = getattr(getattr(model, "text", None), "pad_id", None)  # pcclip text towers pool over real tokens only
 
     def encode_texts(texts: list[str]) -> np.ndarray:
+        """Normalised text embeddings; unique texts once, batched by length, all-pad columns dropped (pcclip)."""
+        unique = list(dict.fromkeys(texts))
+        ids = loaded.tokenizer(unique)
+        lengths = (ids != (pad_id if pad_id is not None else -1)).sum(axis=1)
+        order = np.argsort(lengths, kind="stable")
+        out = np.zeros((len(unique), loaded.embed_dim), dtype=np.float32)
         with torch.inference_mode():
-            return encoder.encode_texts(texts)
+            for start in range(0, len(order), batch_size):
+                rows = order[start : start + batch_size]
+                batch = ids[rows]
+                if pad_id is not None:
+                    batch = batch[:, : max(1, int(lengths[rows].max()))]
+                out[rows] = model.encode_text(torch.from_numpy(batch).to(device)).float().cpu().numpy()
+        index = {t: i for i, t in enumerate(unique)}
+        return dm.normalize(out[[index[t] for t in texts]]) if texts else np.zeros((0, loaded.embed_dim), np.float32)
 
     return EmbeddedModel(name, spec, loaded, encode_texts, dict(zip(paths, feats)))
 

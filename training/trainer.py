@@ -277,12 +277,22 @@ class Trainer:
         self.image_feats = feats.to(self.device)
         self.cache_key = key
         ids = torch.from_numpy(self.loaded.tokenizer(self.texts)).to(self.device)
+        pad_id = getattr(getattr(self.model, "text", None), "pad_id", None)
+
+        def batch_ids(idx):
+            """Token ids of a batch; for pcclip text towers (masked mean pooling) without all-pad columns."""
+            b = ids[idx]
+            if pad_id is not None and len(b):
+                b = b[:, : max(1, int((b != pad_id).sum(dim=1).max()))]
+            return b
+
         tsplit = text_split(self.model, self.parts)
         if tsplit is None:
-            self.embed_texts = lambda idx: self.model.encode_text(ids[idx])
+            self.embed_texts = lambda idx: self.model.encode_text(batch_ids(idx))
         else:  # the text trunk is frozen: its features are computed once, in memory
             with torch.no_grad():
-                tfeats = torch.cat([tsplit.features(ids[i : i + 256]) for i in range(0, len(ids), 256)]) if len(ids) else ids
+                chunks = [tsplit.features(batch_ids(torch.arange(i, min(i + 256, len(ids))))) for i in range(0, len(ids), 256)]
+            tfeats = torch.cat(chunks) if chunks else torch.zeros((0, 1), device=self.device)
             self.embed_texts = lambda idx: tsplit.head(tfeats[idx])
 
     def _scale(self):

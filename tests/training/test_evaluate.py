@@ -100,3 +100,15 @@ def test_pcclip_eval_smoke_run_writes_report_and_plots(tmp_path, data_dir):
     import torch
 
     assert torch.load(cached[0], weights_only=True)["features"].shape == (16, 384)
+
+
+def test_eval_text_embeddings_match_the_served_encoder(tmp_path, data_dir):
+    from training.evaluate import embed_model
+
+    m = embed_model("pcclip", "pcclip-mini:untrained", [], data_dir, tmp_path / "cache", batch_size=4)
+    texts = ["a larger bird", "The first bird has a red crown, while the second has a black crown.", "a larger bird",
+             "a photo of a black footed albatross.", "x", "Unlike the second, the first bird has a striped breast."]
+    ours = m.encode_texts(texts)
+    served = m.loaded.encoder(batch_size=4).encode_texts(texts)
+    assert ours.shape == (6, 384)
+    np.testing.assert_allclose(ours, served, atol=2e-5)
