@@ -1,7 +1,9 @@
 """Which parts of a CLIP-like model train, and how a frozen part's outputs are cached.
 
-Part names (`--train`): `text` (the whole text tower: transformer, embeddings, head),
-`text-last:N` (the last N text transformer layers), `text-head`, `image-head`, `logit-scale`.
+Part names (`--train`): `text-transformer` (the text transformer's layers: what the official
+PC-CLIP code trains, `model.transformer` of an open_clip CLIP), `text` (the whole text tower:
+transformer, embeddings, head), `text-last:N` (the last N text transformer layers), `text-head`,
+`image-head`, `logit-scale`.
 They work for pcclip models and open_clip CLIPs alike.
 
 A tower with a frozen trunk is split into `features` (frozen, computed once and cached) and
@@ -21,7 +23,7 @@ import torch.nn as nn
 
 from models.torch_utils import text_blocks, text_tower_parameters
 
-PART_NAMES = ("text", "text-last:N", "text-head", "image-head", "logit-scale")
+PART_NAMES = ("text-transformer", "text", "text-last:N", "text-head", "image-head", "logit-scale")
 
 
 def parse_parts(spec: str | list[str]) -> list[str]:
@@ -71,6 +73,8 @@ def part_parameters(model, part: str) -> list[nn.Parameter]:
     name, _, n = part.partition(":")
     if name == "text":
         return text_tower_parameters(model)
+    if name == "text-transformer":
+        return [p for block in text_blocks(model) for p in block.parameters()]
     if name == "text-last":
         return [p for block in text_blocks(model)[-int(n):] for p in block.parameters()]
     if name == "text-head":
@@ -92,10 +96,15 @@ def set_trainable(model, parts: list[str]) -> list[str]:
     return sorted(n for n, p in model.named_parameters() if p.requires_grad)
 
 
+def trains_text_trunk(parts: list[str]) -> bool:
+    """True when a part beyond the text head trains (the text trunk must run every step)."""
+    return any(p in ("text", "text-transformer") or p.startswith("text-last") for p in parts)
+
+
 def set_train_mode(model, parts: list[str]) -> None:
     """Dropout and norm statistics behave as in training only in a text transformer that trains."""
     model.eval()
-    if any(p == "text" or p.startswith("text-last") for p in parts):
+    if trains_text_trunk(parts):
         text = getattr(model, "text", None)
         if isinstance(text, nn.Module):
             text.train()
@@ -143,9 +152,8 @@ def image_split(model, trains_image_head: bool) -> TowerSplit:
 
 def text_split(model, parts: list[str]) -> TowerSplit | None:
     """A split of the text tower when only its head trains (pcclip models), else None (run it whole)."""
-    trains_trunk = any(p == "text" or p.startswith("text-last") for p in parts)
     text = getattr(model, "text", None)
-    if trains_trunk or not (hasattr(text, "features") and isinstance(getattr(text, "head", None), nn.Module)):
+    if trains_text_trunk(parts) or not (hasattr(text, "features") and isinstance(getattr(text, "head", None), nn.Module)):
         return None
     return TowerSplit("trunk", text.features, text.head)
 

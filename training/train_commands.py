@@ -22,8 +22,8 @@ _FLAGS = {
     "--captions": ("captions", dict(action="append", metavar="SOURCE", help="image-caption source: coco[:train], cub[:train], or FILE.jsonl (repeatable)")),
     "--data": ("data", dict(help="data root the image paths are relative to (default $PCCLIP_DATA or ../shared/data)")),
     "--exclude-classes": ("exclude_classes", dict(metavar="SPLIT_FILE", help="classes kept out of training (default training/splits/cub100_reserved.txt; 'none' to keep all)")),
-    "--train": ("train", dict(metavar="PARTS", help="comma list of parts that train: text, text-last:N, text-head, image-head, logit-scale")),
-    "--temperature": ("temperature", dict(type=float, help="fixed temperature (logit scale 1/T); default: the model's")),
+    "--train": ("train", dict(metavar="PARTS", help="comma list of parts that train: text-transformer, text, text-last:N, text-head, image-head, logit-scale")),
+    "--temperature": ("temperature", dict(type=lambda v: v if v == "model" else float(v), help="temperature T (logit scale 1/T): fixed, or the start of a learned one (pc-clip preset: 1, as the official code; base preset and 'model': the model's logit scale)")),
     "--learn-temperature": ("learn_temperature", dict(action="store_const", const=True, help="learn the logit scale")),
     "--clip-weight": ("clip_weight", dict(type=float, help="weight of the CLIP loss on image-caption pairs mixed into PC-CLIP")),
     "--wise-alpha": ("wise_alpha", dict(type=float, help="WiSE-FT: saved weights = alpha * finetuned + (1 - alpha) * base (1 = off)")),
@@ -72,6 +72,8 @@ def build_config(args) -> "TrainConfig":
         value = getattr(args, name)
         if value is not None:
             merged[name] = value
+    if merged.get("temperature") == "model":
+        merged["temperature"] = None
     merged["out"] = str(out)
     if "exclude_classes" not in merged:
         merged["exclude_classes"] = str(RESERVED_SPLIT) if RESERVED_SPLIT.exists() else None

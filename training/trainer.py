@@ -47,10 +47,13 @@ log = logging.getLogger(__name__)
 MAX_LOGIT_SCALE = math.log(100.0)
 
 PRESETS: dict[str, dict] = {
-    # the paper's defaults: only the text transformer trains, temperature fixed at the model's
-    "pc-clip": {"train": "text", "lr": 1e-5, "weight_decay": 0.1, "clip_weight": 0.0, "warmup_steps": 10},
-    # standard contrastive image-caption training of the heads on frozen, cached trunk features
-    "base": {"train": "text-head,image-head,logit-scale", "lr": 1e-3, "weight_decay": 0.1, "clip_weight": 1.0, "warmup_steps": 10},
+    # the official PC-CLIP code: only the text transformer's layers train, temperature fixed at 1
+    # (its lr, 1e-8 with Adam at batch 512 for ViT-L/14, is far too small for a small text tower)
+    "pc-clip": {"train": "text-transformer", "temperature": 1.0, "lr": 1e-5, "weight_decay": 0.1,
+                "clip_weight": 0.0, "warmup_steps": 10},
+    # standard contrastive image-caption training of the heads and the logit scale on cached trunk features
+    "base": {"train": "text-head,image-head,logit-scale", "temperature": None, "lr": 1e-3, "weight_decay": 0.1,
+             "clip_weight": 1.0, "warmup_steps": 10},
 }
 
 
@@ -65,8 +68,8 @@ class TrainConfig:
     data: str = ""
     exclude_classes: str | None = None
     preset: str = "pc-clip"
-    train: str = "text"
-    temperature: float | None = None  # None: the model's logit scale
+    train: str = "text-transformer"
+    temperature: float | None = 1.0  # None: the model's logit scale
     learn_temperature: bool = False
     clip_weight: float = 0.0
     wise_alpha: float = 1.0
