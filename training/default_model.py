@@ -519,7 +519,7 @@ def results_markdown(report: dict, sweep: dict, tgt: list[dict], minutes: float,
     lines.append(f"| difference acc, trained phrasings (same pairs) | {ph['base_trained'] * 100:.1f}% | {ph['trained'] * 100:.1f}% |")
     lines.append(f"| difference acc, held-out phrasings (same pairs) | {ph['base_held_out'] * 100:.1f}% | {ph['held_out'] * 100:.1f}% |")
     t = ["", "| target | met | figure |", "| --- | --- | --- |"] + [f"| {x['target']} | {'yes' if x['met'] else 'no'} | {x['figure']} |" for x in tgt]
-    head = (f"Produced by `bash scripts/reproduce_default_model.sh` ({minutes:.0f} min on this machine's CPU; "
+    head = (f"Produced by `bash scripts/reproduce_default_model.sh` (config in the report; {minutes:.0f} min on this machine's CPU; "
             f"WiSE-FT alpha {sweep['chosen_alpha']:g}, chosen on validation photos; "
             f"{z['base']['photos_all']} CUB test photos, {report['data']['seeds']} seeds x {report['data']['pairs_per_seed']} reserved-class pairs). "
             "Report: `docs/results/default_model_report.json`.")
