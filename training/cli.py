@@ -13,6 +13,7 @@ COMMAND_MODULES = (
     "training.train_commands",   # pcclip train
     "training.eval_commands",    # pcclip eval
     "training.export_commands",  # pcclip export
+    "training.reproduce_commands",  # pcclip reproduce
 )
 
 

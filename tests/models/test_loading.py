@@ -110,10 +110,10 @@ def test_partial_weights_round_trip(tmp_path):
 
     a = load_model("pcclip-mini:untrained")
     with torch.no_grad():
-        a.model.visual.head.weight.mul_(2.0)
-    path = save_partial_weights(tmp_path / "w.safetensors", a.model, ["visual.head.weight", "logit_scale"], {"note": "test"})
+        a.model.visual.head[0].weight.mul_(2.0)
+    path = save_partial_weights(tmp_path / "w.safetensors", a.model, ["visual.head.0.weight", "logit_scale"], {"note": "test"})
     b = load_model(f"pcclip-mini:{path}")
-    assert torch.equal(b.model.visual.head.weight, a.model.visual.head.weight)
+    assert torch.equal(b.model.visual.head[0].weight, a.model.visual.head[0].weight)
     assert b.info["note"] == "test"
 
 

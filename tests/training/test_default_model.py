@@ -1,0 +1,76 @@
+"""The default-model pipeline's parts: cached text states, captions, held-out phrasings."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+
+@pytest.fixture(scope="module")
+def untrained():
+    from models.loading import load_model
+
+    return load_model("pcclip-mini:untrained")
+
+
+@pytest.mark.parametrize("n_layers", [0, 1, 2])
+def test_last_layers_on_cached_states_equal_the_whole_text_tower(untrained, n_layers):
+    from training.text_cache import LastLayersText
+
+    texts = ["The first bird has a red crown, while the second has a black crown.", "a photo of a bird",
+             "Unlike the second, the first bird has a striped breast."]
+    ids = torch.from_numpy(untrained.tokenizer(texts))
+    tail = LastLayersText(untrained.model, n_layers)
+    states, mask, pooled = tail.cache_inputs(ids)
+    assert states.shape[1] < ids.shape[1]  # cut to the longest text, not the context length
+    with torch.no_grad():
+        whole = untrained.model.encode_text(ids)
+        assert torch.allclose(tail(states, mask), whole, atol=2e-3)  # fp16 states
+        assert torch.allclose(untrained.model.text.head(pooled), whole, atol=1e-5)
+    names = tail.trainable_names(untrained.model)
+    assert "text.head.weight" in names
+    assert any(f"encoder.layer.{5}." in n for n in names) == (n_layers > 0)
+    assert not any("encoder.layer.3." in n for n in names)
+
+
+@pytest.fixture(scope="module")
+def writer(data_dir):
+    from training.data import AttributeTable
+    from training.pairs.attributes import AttributeWriter
+
+    return AttributeWriter(AttributeTable.from_cub(data_dir), noun="bird")
+
+
+def test_held_out_phrasings_are_the_last_template_of_each_claim(writer):
+    from training.default_model import split_phrasings
+
+    trained, held = split_phrasings(writer, "Cardinal", "White_Pelican")
+    assert held and trained
+    assert not {d.text for d in trained} & {d.text for d in held}
+    claims = {(d.kind, d.attributes) for d in held}
+    assert claims == {(d.kind, d.attributes) for d in trained}  # each fact keeps trained phrasings
+    for d in held:
+        same = [t.template for t in trained if (t.kind, t.attributes) == (d.kind, d.attributes)]
+        assert d.template == max(same) + 1
+
+
+def test_training_pairs_never_use_held_out_phrasings(writer):
+    from training.default_model import make_pairs, split_phrasings
+
+    photos = {c: [f"{c}/1.jpg", f"{c}/2.jpg"] for c in ("Cardinal", "White_Pelican", "Blue_Jay", "American_Crow")}
+    pairs = make_pairs(photos, writer, 200, random.Random(0))
+    assert len(pairs) == 200
+    held = {d.text for a in photos for b in photos if a != b for d in split_phrasings(writer, a, b)[1]}
+    assert not {p["text"] for p in pairs} & held
+    assert all(p["class_a"] != p["class_b"] and p["image_a"].startswith(p["class_a"]) for p in pairs)
+
+
+def test_class_captions_name_the_class_and_its_attributes(writer):
+    from training.default_model import class_captions
+
+    caps = class_captions(writer.table, "Cardinal", random.Random(0))
+    assert caps[0] == "a photo of a cardinal."  # the zero-shot prompts come first
+    assert len(caps) == 8 and all("cardinal" in c for c in caps)
+    assert any("red" in c for c in caps[2:])

@@ -1,0 +1,611 @@
+"""Reproduce the default model `pcclip-mini` from the real data: base, PC-CLIP, evaluation, weights.
+
+`pcclip reproduce` (or `bash scripts/reproduce_default_model.sh`) runs, on CPU:
+1. frozen EfficientNet-Lite0 trunk features of every CUB and COCO photo (on-disk cache) and MiniLM
+   states of every text (in memory; the first 6 - N layers are frozen);
+2. the base: CLIP loss on CUB training photos of the non-reserved classes (one photo per class in
+   a batch, captions from the class name and its attributes) and COCO photos with their captions;
+   the image head (MLP), text head and logit scale train;
+3. PC-CLIP: the PC-CLIP loss on attribute difference texts of non-reserved training photos (some
+   phrasings held out), the CLIP loss mixed in, the last N text layers and the text head train;
+   WiSE-FT interpolation with the base, alpha chosen on validation photos (held-out training
+   photos of seen classes) as the largest whose zero-shot stays within `max_zero_shot_drop`;
+4. `pcclip eval` of both, the trade-off curve, calibration of compare probabilities, the
+   weights with the evaluation summary in their metadata, and the README results table.
+Reserved classes (`training/splits/cub100_reserved.txt`) are never seen by either training.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from training import losses
+
+log = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parents[1]
+COLOUR_PARTS = ("crown", "wing", "breast", "back", "belly", "throat", "bill", "upperparts", "underparts", "nape")
+PATTERN_PARTS = ("breast", "wing", "head", "back", "tail")
+
+
+@dataclass
+class ReproduceConfig:
+    out: str = "runs/reproduce"
+    data: str = ""
+    weights_dir: str = str(REPO / "models" / "weights")
+    docs_dir: str = str(REPO / "docs" / "results")
+    readme: str = str(REPO / "README.md")
+    seed: int = 0
+    val_fraction: float = 0.15
+    # base
+    base_steps: int = 1500
+    base_lr: float = 1e-3
+    base_batch: int = 64
+    coco_batch: int = 32
+    coco_weight: float = 0.5
+    # PC-CLIP
+    text_layers: int = 1
+    n_pairs: int = 12000
+    pc_steps: int = 500
+    pc_lr: float = 1e-4
+    pc_batch: int = 128
+    clip_weight: float = 1.0
+    alphas: tuple = (0.0, 0.25, 0.5, 0.75, 1.0)
+    max_zero_shot_drop: float = 0.01
+    # evaluation
+    seeds: int = 5
+    pairs_per_seed: int = 500
+    max_photos_per_class: int | None = None
+    max_classes: int | None = None
+    write_outputs: bool = True  # weights into models/weights, plots into docs, README table
+
+
+# -- captions ---------------------------------------------------------------------------------------
+
+def size_word(score: float) -> str:
+    if not score == score:
+        return "medium-sized"
+    return ("very small", "small", "medium-sized", "large", "very large")[min(4, max(0, int(round(score)) - 1))]
+
+
+def class_phrases(table, class_name: str, min_pct: float = 30.0) -> list[str]:
+    """Attribute phrases of a class from its table row: "a red crown", "a striped breast", ..."""
+    row = table.row(class_name)
+    phrases = []
+    for part in COLOUR_PARTS:
+        cols = {a: v for a, v in row.items() if a.startswith(f"has_{part}_color::")}
+        if cols:
+            best = max(cols, key=cols.get)
+            if cols[best] >= min_pct:
+                noun = {"wing": "wings", "upperparts": "upperparts", "underparts": "underparts"}.get(part, part)
+                phrases.append(f"{'' if noun.endswith('s') else 'a '}{best.split('::')[1]} {noun}".strip())
+    for part in PATTERN_PARTS:
+        cols = {a: v for a, v in row.items() if a.startswith(f"has_{part}_pattern::")}
+        if cols:
+            best = max(cols, key=cols.get)
+            if cols[best] >= min_pct + 10 and best.split("::")[1] != "solid":
+                phrases.append(f"a {best.split('::')[1]} {part}")
+    return phrases
+
+
+def class_captions(table, class_name: str, rng: random.Random, n: int = 8) -> list[str]:
+    """Captions of one class: the zero-shot prompts plus name + size + attribute phrases."""
+    from training.data import size_score
+    from training.records import CAPTION_TEMPLATES, class_caption_name
+
+    name = class_caption_name(class_name)
+    size = size_word(size_score(table, class_name))
+    phrases = class_phrases(table, class_name)
+    out = [t.format(name) for t in CAPTION_TEMPLATES]
+    primary = {a: v for a, v in table.row(class_name).items() if a.startswith("has_primary_color::")}
+    colour = max(primary, key=primary.get).split("::")[1] if primary else ""
+    while len(out) < n and phrases:
+        k = min(len(phrases), rng.randint(1, 3))
+        ps = rng.sample(phrases, k)
+        attrs = ps[0] if k == 1 else ", ".join(ps[:-1]) + " and " + ps[-1]
+        form = rng.randrange(3)
+        if form == 0:
+            out.append(f"a photo of a {name}, a {size} bird with {attrs}.")
+        elif form == 1:
+            out.append(f"a {name}: a {size}, mostly {colour} bird with {attrs}.")
+        else:
+            out.append(f"a photo of a {name} with {attrs}.")
+    return out
+
+
+# -- pairs with held-out phrasings --------------------------------------------------------------------
+
+def split_phrasings(writer, class_a: str, class_b: str) -> tuple[list, list]:
+    """(trained, held-out) phrasings of every difference of a class pair: the last template of each
+    claim is held out of training."""
+    phr = writer.all_phrasings(class_a, class_b)
+    trained, held = [], []
+    for i, d in enumerate(phr):
+        last = i + 1 == len(phr) or phr[i + 1].template == 0
+        (held if last else trained).append(d)
+    return trained, held
+
+
+def make_pairs(images_by_class: dict, writer, n: int, rng: random.Random, top_k: int = 4) -> list[dict]:
+    """n pairs of photos of two different classes, each with one trained-phrasing difference text
+    (one of the `top_k` strongest claims)."""
+    classes = sorted(images_by_class)
+    cache: dict = {}
+    out = []
+    while len(out) < n:
+        a, b = rng.sample(classes, 2)
+        if (a, b) not in cache:
+            trained, _ = split_phrasings(writer, a, b)
+            strongest = {(d.kind, d.attributes) for d in writer.describe(a, b, n=top_k, rng=random.Random(0))}
+            cache[(a, b)] = [d for d in trained if (d.kind, d.attributes) in strongest]
+        diffs = cache[(a, b)]
+        if not diffs:
+            continue
+        d = rng.choice(diffs)
+        out.append({"image_a": rng.choice(images_by_class[a]), "image_b": rng.choice(images_by_class[b]),
+                    "text": d.text, "group": d.group, "class_a": a, "class_b": b})
+    return out
+
+
+def eval_phrasing_pairs(photos_by_class: dict, writer, n: int, seed: int) -> dict[str, list[dict]]:
+    """The same photo pairs and facts, phrased with a trained template and with the held-out one."""
+    rng = random.Random(seed)
+    classes = sorted(photos_by_class)
+    out = {"trained": [], "held_out": []}
+    while len(out["trained"]) < n:
+        a, b = rng.sample(classes, 2)
+        trained, held = split_phrasings(writer, a, b)
+        if not held:
+            continue
+        h = rng.choice(held)
+        same = [d for d in trained if d.kind == h.kind and d.attributes == h.attributes]
+        if not same:
+            continue
+        t = rng.choice(same)
+        ia, ib = rng.choice(photos_by_class[a]), rng.choice(photos_by_class[b])
+        out["trained"].append({"image_a": ia, "image_b": ib, "text": t.text, "group": t.group})
+        out["held_out"].append({"image_a": ia, "image_b": ib, "text": h.text, "group": h.group})
+    return out
+
+
+# -- the pipeline ----------------------------------------------------------------------------------
+
+class TextTable:
+    """Every text of the run, with cached MiniLM states (see training.text_cache)."""
+
+    def __init__(self, loaded, tail, texts: list[str]):
+        self.texts = sorted(set(texts))
+        self.index = {t: i for i, t in enumerate(self.texts)}
+        ids = torch.from_numpy(loaded.tokenizer(self.texts))
+        self.states, self.mask, self.pooled = tail.cache_inputs(ids)
+
+    def idx(self, texts) -> torch.Tensor:
+        return torch.tensor([self.index[t] for t in texts], dtype=torch.long)
+
+
+class Pipeline:
+    def __init__(self, cfg: ReproduceConfig):
+        from models.loading import load_model
+        from training.data import AttributeTable, CubDataset, default_data_dir, load_class_split, load_coco_captions
+        from training.pairs.attributes import AttributeWriter
+
+        self.cfg = cfg
+        self.t0 = time.time()
+        self.out = Path(cfg.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(cfg.seed)
+        self.root = Path(cfg.data) if cfg.data else default_data_dir()
+        self.loaded = load_model("pcclip-mini:untrained")
+        self.model = self.loaded.model.eval()
+        for p in self.model.parameters():
+            p.requires_grad = False
+        self.reserved = set(load_class_split())
+        self.cub = CubDataset(self.root)
+        self.table = AttributeTable.from_cub(self.root)
+        self.writer = AttributeWriter(self.table, noun="bird", seed=cfg.seed)
+        seen = [c for c in self.cub.classes if c not in self.reserved]
+        if cfg.max_classes:
+            seen = seen[: cfg.max_classes]
+        self.train_imgs, self.val_imgs = {}, {}
+        for c in seen:
+            ims = [im.path for im in self.cub.images_of(c, "train")]
+            val = [p for p in ims if int(hashlib.sha256(p.encode()).hexdigest(), 16) % 1000 < cfg.val_fraction * 1000]
+            self.val_imgs[c] = val or ims[:1]
+            self.train_imgs[c] = [p for p in ims if p not in set(self.val_imgs[c])] or ims
+        self.coco = load_coco_captions(self.root, "train") + load_coco_captions(self.root, "test")
+        k = cfg.max_photos_per_class
+        self.test_photos = {c: [im.path for im in self.cub.images_of(c, "test")][:k] for c in self.cub.classes}
+        from models.checkpoints import state_fingerprint
+
+        self.fingerprint = state_fingerprint(self.model)
+
+    def log(self, msg: str) -> None:
+        tqdm.write(f"[{time.time() - self.t0:6.0f}s] {msg}")
+
+    # features -----------------------------------------------------------------------------------
+    def image_features(self) -> None:
+        from training.features import ImageFeatureCache, default_cache_dir, image_cache_key
+
+        # every photo but the reserved classes' training photos (no step reads those)
+        k = self.cfg.max_photos_per_class
+        test = {p for ps in self.test_photos.values() for p in ps}
+        paths = sorted({im.path for im in self.cub.images if im.is_train and im.class_name not in self.reserved}
+                       | test | {c.path for c in self.coco})
+        key = image_cache_key(self.model, self.loaded.preprocess_cfg, "trunk")
+        feats = ImageFeatureCache(default_cache_dir(), key).get(paths, root=self.root, compute=self.model.visual.features,
+                                                               preprocess_cfg=self.loaded.preprocess_cfg)
+        self.paths = paths
+        self.pindex = {p: i for i, p in enumerate(paths)}
+        self.trunk = feats
+        self.log(f"trunk features of {len(paths)} photos")
+
+    def texts(self) -> None:
+        from training.evaluate import RANK_ATTRIBUTES
+        from training.records import CAPTION_TEMPLATES, class_caption_name
+        from training.text_cache import LastLayersText
+
+        cfg = self.cfg
+        rng = random.Random(cfg.seed)
+        self.captions = {c: class_captions(self.table, c, rng) for c in self.train_imgs}
+        self.pairs = make_pairs(self.train_imgs, self.writer, cfg.n_pairs, rng)
+        self.val_pairs = make_pairs(self.val_imgs, self.writer, 1000, random.Random(cfg.seed + 7))
+        prompts = [t.format(class_caption_name(c)) for c in self.cub.classes for t in CAPTION_TEMPLATES]
+        reserved_test = {c: v for c, v in self.test_photos.items() if c in self.reserved}
+        self.phrasing_pairs = eval_phrasing_pairs(reserved_test, self.writer, 1000, seed=cfg.seed + 11)
+        from training.evaluate import build_setup, sample_difference_pairs
+        from training.data import RESERVED_SPLIT
+
+        self.setup = build_setup(self.root, RESERVED_SPLIT, cfg.max_photos_per_class)
+        self.test_pairs = [p for s in range(2) for p in sample_difference_pairs(self.setup, 500, s)]
+        all_texts = ([t for v in self.captions.values() for t in v] + [p["text"] for p in self.pairs]
+                     + [p["text"] for p in self.val_pairs] + prompts + [c for im in self.coco for c in im.captions]
+                     + [p["text"] for v in self.phrasing_pairs.values() for p in v] + [p["text"] for p in self.test_pairs]
+                     + [t for _, t, _ in RANK_ATTRIBUTES])
+        self.tail = LastLayersText(self.model, cfg.text_layers)
+        self.text = TextTable(self.loaded, self.tail, all_texts)
+        self.prompts = prompts
+        self.log(f"{len(self.text.texts)} texts, {len(self.pairs)} training pairs")
+
+    # embedding helpers ---------------------------------------------------------------------------
+    def img(self, paths) -> torch.Tensor:
+        return self.trunk[torch.tensor([self.pindex[p] for p in paths])]
+
+    def encode_texts(self, texts, grad: bool = False, batch: int = 512) -> torch.Tensor:
+        idx = self.text.idx(texts)
+        out = []
+        with torch.set_grad_enabled(grad):
+            for i in range(0, len(idx), batch):
+                j = idx[i:i + batch]
+                out.append(self.tail(self.text.states[j], self.text.mask[j]))
+        return torch.cat(out)
+
+    @torch.no_grad()
+    def metrics(self, classes_photos: dict, pairs: list[dict], classes: list[str] | None = None) -> dict:
+        """Zero-shot top-1 over `classes` (photos of classes_photos) and difference accuracy on pairs."""
+        from training.records import CAPTION_TEMPLATES, class_caption_name
+
+        classes = classes or self.cub.classes
+        prompts = [t.format(class_caption_name(c)) for c in classes for t in CAPTION_TEMPLATES]
+        temb = F.normalize(self.encode_texts(prompts), dim=-1).reshape(len(classes), len(CAPTION_TEMPLATES), -1).mean(1)
+        temb = F.normalize(temb, dim=-1)
+        paths = [p for c in classes_photos for p in classes_photos[c]]
+        labels = torch.tensor([classes.index(c) for c in classes_photos for _ in classes_photos[c]])
+        emb = F.normalize(self.model.visual.head(self.img(paths)), dim=-1)
+        zs = float(((emb @ temb.t()).argmax(1) == labels).float().mean())
+        return {"zero_shot": zs, "difference": self.difference_accuracy(pairs)}
+
+    @torch.no_grad()
+    def difference_accuracy(self, pairs: list[dict]) -> float:
+        a = self.model.visual.head(self.img([p["image_a"] for p in pairs]))
+        b = self.model.visual.head(self.img([p["image_b"] for p in pairs]))
+        t = F.normalize(self.encode_texts([p["text"] for p in pairs]), dim=-1)
+        return float(((t * losses.pair_difference(a, b)).sum(-1) > 0).float().mean())
+
+    # base ----------------------------------------------------------------------------------------
+    def train_base(self) -> None:
+        cfg = self.cfg
+        m = self.model
+        params = list(m.visual.head.parameters()) + list(m.text.head.parameters()) + [m.logit_scale]
+        for p in params:
+            p.requires_grad = True
+        opt = torch.optim.AdamW(params, lr=cfg.base_lr, weight_decay=0.1)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 50) * 0.5 * (1 + math.cos(math.pi * s / cfg.base_steps)))
+        rng = random.Random(cfg.seed + 1)
+        classes = sorted(self.train_imgs)
+        pooled = self.text.pooled
+        coco_pairs = [(im.path, c) for im in self.coco for c in im.captions]
+        m.visual.head.train()
+        for step in tqdm(range(cfg.base_steps), desc="base (CLIP loss, heads)", unit="step"):
+            batch = rng.sample(classes, min(cfg.base_batch, len(classes)))
+            photos = [rng.choice(self.train_imgs[c]) for c in batch]
+            caps = [rng.choice(self.captions[c]) for c in batch]
+            scale = m.logit_scale.exp().clamp(max=100)
+            loss = losses.clip_loss(m.visual.head(self.img(photos)), m.text.head(pooled[self.text.idx(caps)]), scale)
+            if cfg.coco_weight > 0:
+                cb = rng.sample(coco_pairs, cfg.coco_batch)
+                seen_img, cb2 = set(), []
+                for p, c in cb:  # one caption per photo in a batch
+                    if p not in seen_img:
+                        seen_img.add(p)
+                        cb2.append((p, c))
+                loss = loss + cfg.coco_weight * losses.clip_loss(m.visual.head(self.img([p for p, _ in cb2])),
+                                                                 m.text.head(pooled[self.text.idx([c for _, c in cb2])]), scale)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+        m.visual.head.eval()
+        for p in m.parameters():
+            p.requires_grad = False
+        with torch.no_grad():
+            m.logit_scale.clamp_(max=math.log(100))
+        self.base_state = {k: v.clone() for k, v in m.state_dict().items()}
+        self.base_keys = sorted(n for n, _ in m.named_parameters() if n.startswith(("visual.head", "text.head")) or n == "logit_scale")
+        self.log(f"base trained: {self.metrics(self.val_imgs, self.val_pairs, sorted(self.train_imgs))} (validation, seen classes)")
+
+    # PC-CLIP ---------------------------------------------------------------------------------------
+    def train_pcclip(self) -> None:
+        cfg = self.cfg
+        m = self.model
+        params = self.tail.trainable_parameters()
+        for p in params:
+            p.requires_grad = True
+        self.pc_keys = sorted(set(self.tail.trainable_names(m)))
+        opt = torch.optim.AdamW(params, lr=cfg.pc_lr, weight_decay=0.1)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20) * 0.5 * (1 + math.cos(math.pi * s / cfg.pc_steps)))
+        rng = random.Random(cfg.seed + 2)
+        classes = sorted(self.train_imgs)
+        scale = m.logit_scale.detach().exp()
+        with torch.no_grad():
+            emb = m.visual.head(self.trunk)
+        for blk in list(m.text.blocks)[self.tail.first_trainable:]:
+            blk.train()
+        for step in tqdm(range(cfg.pc_steps), desc=f"PC-CLIP (last {cfg.text_layers} text layers + head)", unit="step"):
+            batch = rng.sample(self.pairs, cfg.pc_batch)
+            ia = emb[torch.tensor([self.pindex[p["image_a"]] for p in batch])]
+            ib = emb[torch.tensor([self.pindex[p["image_b"]] for p in batch])]
+            t = self.encode_texts([p["text"] for p in batch], grad=True)
+            loss = losses.pc_clip_loss(t, ia, ib, scale)
+            if cfg.clip_weight > 0:
+                cb = rng.sample(classes, min(cfg.base_batch, len(classes)))
+                photos = [rng.choice(self.train_imgs[c]) for c in cb]
+                caps = [rng.choice(self.captions[c]) for c in cb]
+                ie = emb[torch.tensor([self.pindex[p] for p in photos])]
+                loss = loss + cfg.clip_weight * losses.clip_loss(ie, self.encode_texts(caps, grad=True), scale)
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            sched.step()
+        m.eval()
+        for p in m.parameters():
+            p.requires_grad = False
+        self.pc_state = {k: m.state_dict()[k].clone() for k in self.pc_keys}
+
+    def set_alpha(self, alpha: float) -> None:
+        state = {k: alpha * self.pc_state[k] + (1 - alpha) * self.base_state[k] for k in self.pc_keys}
+        self.model.load_state_dict(state, strict=False)
+
+    def sweep(self) -> dict:
+        """WiSE-FT alphas: validation (seen classes, for the choice) and test (the curve) metrics."""
+        reserved_test = {c: v for c, v in self.test_photos.items() if c in self.reserved}
+        rows = []
+        for alpha in tqdm(self.cfg.alphas, desc="WiSE-FT sweep", unit="alpha"):
+            self.set_alpha(alpha)
+            val = self.metrics(self.val_imgs, self.val_pairs, sorted(self.train_imgs))
+            test = self.metrics(self.test_photos, self.test_pairs)
+            held = {k: self.difference_accuracy(v) for k, v in self.phrasing_pairs.items()}
+            rows.append({"alpha": alpha, "val_zero_shot": val["zero_shot"], "val_difference": val["difference"],
+                         "test_zero_shot": test["zero_shot"], "test_difference_reserved": test["difference"],
+                         "phrasings_trained": held["trained"], "phrasings_held_out": held["held_out"]})
+            self.log(f"alpha {alpha}: {rows[-1]}")
+        base = rows[0]
+        ok = [r for r in rows if r["val_zero_shot"] >= base["val_zero_shot"] - self.cfg.max_zero_shot_drop]
+        best = max(ok, key=lambda r: (r["val_difference"], -r["alpha"]))
+        self.set_alpha(best["alpha"])
+        self.pc_state_final = {k: self.model.state_dict()[k].clone() for k in self.pc_keys}
+        return {"rows": rows, "chosen_alpha": best["alpha"],
+                "rule": f"largest validation difference accuracy with validation zero-shot >= base - {self.cfg.max_zero_shot_drop}"}
+
+    @torch.no_grad()
+    def calibration(self) -> dict:
+        """Logistic fit of held-out pair labels on compare scores: sigmoid((s - bias) / temperature).
+        Validation pairs (seen classes, held-out photos): the true order is positive, swapped negative."""
+        from sklearn.linear_model import LogisticRegression
+
+        pairs = self.val_pairs
+        a = self.model.visual.head(self.img([p["image_a"] for p in pairs]))
+        b = self.model.visual.head(self.img([p["image_b"] for p in pairs]))
+        t = F.normalize(self.encode_texts([p["text"] for p in pairs]), dim=-1)
+        pos = (t * losses.pair_difference(a, b)).sum(-1).numpy()
+        neg = (t * losses.pair_difference(b, a)).sum(-1).numpy()
+        x = np.concatenate([pos, neg])[:, None]
+        y = np.concatenate([np.ones_like(pos), np.zeros_like(neg)])
+        lr = LogisticRegression(C=100.0).fit(x, y)
+        w, c = float(lr.coef_[0, 0]), float(lr.intercept_[0])
+        return {"temperature": 1.0 / w, "bias": -c / w, "source": f"logistic fit on {len(x)} validation pair scores (seen classes, held-out photos; swapped order = negative)"}
+
+    # outputs ---------------------------------------------------------------------------------------
+    def save(self, path: Path, keys: list[str], meta: dict, state: dict | None = None) -> Path:
+        from safetensors.torch import save_file
+
+        state = state if state is not None else self.model.state_dict()
+        tensors = {k: state[k].detach().to(torch.float16).contiguous() if state[k].numel() > 1 else state[k].detach().float().contiguous() for k in keys}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file(tensors, str(path), metadata={k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()})
+        return path
+
+
+def plot_tradeoff(rows: list[dict], base_zero_shot: float, chosen: float, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    xs = [r["test_difference_reserved"] * 100 for r in rows]
+    ys = [r["test_zero_shot"] * 100 for r in rows]
+    ax.plot(xs, ys, "o-", label="WiSE-FT alpha (base -> PC-CLIP)")
+    for r, x, y in zip(rows, xs, ys):
+        ax.annotate(f"a={r['alpha']:g}" + (" (chosen)" if r["alpha"] == chosen else ""), (x, y), fontsize=7,
+                    textcoords="offset points", xytext=(4, 4))
+    ax.axhline(base_zero_shot * 100 - 1, color="grey", ls="--", lw=0.8, label="base zero-shot - 1 point")
+    ax.set_xlabel("difference classification, reserved classes (%)")
+    ax.set_ylabel("zero-shot top-1, CUB test 100-way (%)")
+    ax.set_title("pcclip-mini: zero-shot vs difference accuracy")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def targets(report: dict, sweep: dict) -> list[dict]:
+    """Each issue target: met or missed, with the figure."""
+    d = report["difference_classification"]
+    z = report["zero_shot"]
+    r = report["rank_by_attribute"]
+    base_d, pc_d = d["base"]["accuracy"]["mean"], d["pcclip"]["accuracy"]["mean"]
+    base_z, pc_z = z["base"]["top1_all"], z["pcclip"]["top1_all"]
+    size = next(v["spearman"] for v in r["pcclip"]["per_attribute"].values() if v["group"] == "size")
+    colours_up = [t for t, v in r["pcclip"]["per_attribute"].items() if v["group"] == "colour"
+                  and (v["spearman"] or -9) > (r["base"]["per_attribute"][t]["spearman"] or -9)]
+    cp = z["pcclip"]["comparative_prompting"]
+    cp_gain = cp["top1_hinted_with"] - cp["top1_hinted_without"] if cp["top1_hinted_with"] is not None else float("nan")
+    ph = report["phrasings"]
+    gap = ph["trained"] - ph["held_out"]
+    out = [
+        ("base zero-shot top-1 (CUB test, 100-way) >= 70%", base_z >= 0.70, f"{base_z:.1%}"),
+        ("PC-CLIP difference accuracy (reserved) >= 85%", pc_d >= 0.85, f"{pc_d:.1%}"),
+        ("PC-CLIP difference accuracy >= base + 25 points", pc_d - base_d >= 0.25, f"{(pc_d - base_d) * 100:+.1f} points (base {base_d:.1%})"),
+        ("PC-CLIP zero-shot no more than 1 point below base", pc_z >= base_z - 0.01, f"{(pc_z - base_z) * 100:+.1f} points ({pc_z:.1%} vs {base_z:.1%})"),
+        ("rank by attribute: Spearman on size >= 0.7", (size or 0) >= 0.7, f"{size:.3f}" if size is not None else "n/a"),
+        ("rank by attribute: above base on >= 3 colour attributes", len(colours_up) >= 3, f"{len(colours_up)} of 5"),
+        ("comparative prompting: >= +3 points on the confused pairs", cp_gain >= 0.03, f"{cp_gain * 100:+.1f} points"),
+        ("held-out phrasings within 5 points of trained phrasings", abs(gap) <= 0.05, f"{ph['held_out']:.1%} vs {ph['trained']:.1%} ({-gap * 100:+.1f} points)"),
+    ]
+    return [{"target": t, "met": bool(m), "figure": f} for t, m, f in out]
+
+
+def results_markdown(report: dict, sweep: dict, tgt: list[dict], minutes: float, plot_rel: str) -> str:
+    s = report["summary"]["values"]
+    z = report["zero_shot"]
+    rows = [("difference classification, reserved classes", "difference acc"), ("rank by attribute, mean Spearman", "rank spearman"),
+            ("zero-shot top-1, CUB test 100-way", "zero-shot all"), ("zero-shot top-1, reserved classes (20-way)", "zero-shot reserved"),
+            ("confused pairs, without hints", "hinted w/o hints"), ("confused pairs, with comparative hints", "hinted with hints")]
+    fmt = lambda v: "n/a" if v is None else (f"{v:.3f}" if "Spearman" in label else f"{v * 100:.1f}%")  # noqa: E731
+    lines = ["| task | base | PC-CLIP |", "| --- | --- | --- |"]
+    for label, key in rows:
+        lines.append(f"| {label} | {fmt(s['base'][key])} | {fmt(s['pcclip'][key])} |")
+    r = report["rank_by_attribute"]
+    for text, v in r["pcclip"]["per_attribute"].items():
+        label = f"Spearman, \"{text}\""
+        lines.append(f"| {label} | {fmt(r['base']['per_attribute'][text]['spearman'])} | {fmt(v['spearman'])} |")
+    ph = report["phrasings"]
+    label = "x"
+    lines.append(f"| difference acc, trained phrasings (same pairs) | {ph['base_trained'] * 100:.1f}% | {ph['trained'] * 100:.1f}% |")
+    lines.append(f"| difference acc, held-out phrasings (same pairs) | {ph['base_held_out'] * 100:.1f}% | {ph['held_out'] * 100:.1f}% |")
+    t = ["", "| target | met | figure |", "| --- | --- | --- |"] + [f"| {x['target']} | {'yes' if x['met'] else 'no'} | {x['figure']} |" for x in tgt]
+    head = (f"Produced by `bash scripts/reproduce_default_model.sh` (config in the report; {minutes:.0f} min on this machine's CPU; "
+            f"WiSE-FT alpha {sweep['chosen_alpha']:g}, chosen on validation photos; "
+            f"{z['base']['photos_all']} CUB test photos, {report['data']['seeds']} seeds x {report['data']['pairs_per_seed']} reserved-class pairs). "
+            "Report: `docs/results/default_model_report.json`.")
+    return "\n".join([head, ""] + lines + t + ["", f"![trade-off]({plot_rel})", ""])
+
+
+def update_readme(readme: Path, block: str) -> None:
+    start, end = "<!-- default-model-results:start -->", "<!-- default-model-results:end -->"
+    text = readme.read_text()
+    if start not in text:
+        return
+    pre, rest = text.split(start, 1)
+    post = rest.split(end, 1)[1]
+    readme.write_text(pre + start + "\n" + block + "\n" + end + post)
+
+
+def reproduce(cfg: ReproduceConfig) -> dict:
+    """The whole pipeline (module docstring); returns the JSON report."""
+    from training.evaluate import run_evaluation
+
+    pl = Pipeline(cfg)
+    pl.image_features()
+    pl.texts()
+    pl.train_base()
+    pl.train_pcclip()
+    sweep = pl.sweep()
+    calibration = pl.calibration()
+    out = pl.out
+    base_path = pl.save(out / "pcclip-mini-base.safetensors", pl.base_keys, {"model_id": "pcclip-mini:base"}, pl.base_state)
+    pc_keys = sorted(set(pl.base_keys) | set(pl.pc_keys))
+    pc_path = pl.save(out / "pcclip-mini.safetensors", pc_keys, {"model_id": "pcclip-mini"})
+    # prefill the evaluation's image-embedding cache from the trunk features (same numbers, no second pass)
+    from training.features import ImageFeatureCache, default_cache_dir, image_cache_key
+    from models.loading import load_model
+
+    for spec in (f"pcclip-mini:{base_path}", f"pcclip-mini:{pc_path}"):
+        lm = load_model(spec)
+        key = image_cache_key(lm.model, lm.preprocess_cfg, "embedding")
+        cache = ImageFeatureCache(default_cache_dir(), key)
+        with torch.no_grad():
+            emb = lm.model.visual.head(pl.trunk.float())
+        if not cache.cached(pl.paths):
+            cache._save(list(pl.paths), emb)
+    pl.log("evaluating (pcclip eval)")
+    report = run_evaluation(f"pcclip-mini:{pc_path}", out / "eval", base=f"pcclip-mini:{base_path}", root=pl.root,
+                            seeds=cfg.seeds, pairs_per_seed=cfg.pairs_per_seed, max_photos_per_class=cfg.max_photos_per_class,
+                            max_classes=cfg.max_classes)
+    pl.set_alpha(0.0)
+    base_ph = {k: pl.difference_accuracy(v) for k, v in pl.phrasing_pairs.items()}
+    pl.set_alpha(sweep["chosen_alpha"])
+    ph = {k: pl.difference_accuracy(v) for k, v in pl.phrasing_pairs.items()}
+    report["phrasings"] = {"trained": ph["trained"], "held_out": ph["held_out"], "base_trained": base_ph["trained"],
+                           "base_held_out": base_ph["held_out"], "pairs": len(pl.phrasing_pairs["trained"]),
+                           "note": "the same reserved-class test photo pairs and facts, phrased with a training template and with the held-out last template of each claim"}
+    report["tradeoff"] = sweep
+    report["calibration"] = calibration
+    report["config"] = asdict(cfg)
+    tgt = targets(report, sweep)
+    report["targets"] = tgt
+    minutes = (time.time() - pl.t0) / 60
+    report["minutes"] = minutes
+    summary = {"summary": report["summary"]["values"], "targets": tgt, "chosen_alpha": sweep["chosen_alpha"],
+               "phrasings": report["phrasings"]}
+    pl.save(out / "pcclip-mini-base.safetensors", pl.base_keys,
+            {"model_id": "pcclip-mini:base", "evaluation": summary, "train": "base: image MLP head, text head, logit scale"},
+            pl.base_state)
+    pl.save(out / "pcclip-mini.safetensors", pc_keys,
+            {"model_id": "pcclip-mini", "evaluation": summary, "calibration": calibration, "wise_alpha": sweep["chosen_alpha"],
+             "train": f"PC-CLIP: last {cfg.text_layers} text layers + text head (WiSE-FT with the base)"})
+    from training.evaluate import _finite
+
+    report = _finite(report)
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    if cfg.write_outputs:
+        import shutil
+
+        wd, docs = Path(cfg.weights_dir), Path(cfg.docs_dir)
+        wd.mkdir(parents=True, exist_ok=True)
+        shutil.copy(out / "pcclip-mini-base.safetensors", wd / "pcclip-mini-base.safetensors")
+        shutil.copy(out / "pcclip-mini.safetensors", wd / "pcclip-mini.safetensors")
+        docs.mkdir(parents=True, exist_ok=True)
+        plot_tradeoff(sweep["rows"], sweep["rows"][0]["test_zero_shot"], sweep["chosen_alpha"], docs / "default_model_tradeoff.png")
+        shutil.copy(out / "eval" / "summary.png", docs / "default_model_summary.png")
+        (docs / "default_model_report.json").write_text(json.dumps(report, indent=2))
+        block = results_markdown(report, sweep, tgt, minutes, "docs/results/default_model_tradeoff.png")
+        (docs / "default_model.md").write_text(block)
+        update_readme(Path(cfg.readme), block)
+    pl.log("done")
+    return report

@@ -1,0 +1,33 @@
+"""`pcclip reproduce`: train and evaluate the default model pcclip-mini from scratch (training.default_model)."""
+
+from __future__ import annotations
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("reproduce", help="train pcclip-mini's base and PC-CLIP weights from the real data, evaluate, write weights and docs")
+    p.add_argument("--out", default="runs/reproduce", help="run directory (default runs/reproduce)")
+    p.add_argument("--data", default="", help="data root (default ../shared/data)")
+    p.add_argument("--n-pairs", type=int, default=None, help="PC-CLIP training pairs")
+    p.add_argument("--pc-steps", type=int, default=None)
+    p.add_argument("--base-steps", type=int, default=None)
+    p.add_argument("--text-layers", type=int, default=None, help="last MiniLM layers PC-CLIP trains")
+    p.add_argument("--clip-weight", type=float, default=None, help="CLIP loss weight mixed into PC-CLIP")
+    p.add_argument("--max-photos-per-class", type=int, default=None, help="CUB test photos per class in the evaluation (default all)")
+    p.add_argument("--no-write", action="store_true", help="leave models/weights, docs and README alone")
+    p.set_defaults(handler=_run)
+
+
+def _run(args) -> int:
+    import logging
+
+    from training.default_model import ReproduceConfig, reproduce
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    cfg = ReproduceConfig(out=args.out, data=args.data, write_outputs=not args.no_write)
+    for name in ("n_pairs", "pc_steps", "base_steps", "text_layers", "clip_weight", "max_photos_per_class"):
+        if getattr(args, name) is not None:
+            setattr(cfg, name, getattr(args, name))
+    report = reproduce(cfg)
+    for t in report["targets"]:
+        print(f"{'MET   ' if t['met'] else 'MISSED'} {t['target']}: {t['figure']}")
+    return 0
