@@ -1,0 +1,168 @@
+"""Dynamic batching: concurrent requests share tower calls, and inference runs off the event loop.
+
+One `TowerBatcher` per tower. A request submits its preprocessed inputs (pixels or token ids);
+a worker task takes the waiting requests, up to `max_batch_size` items (it waits at most
+`max_wait_ms` for more once the first arrives), runs the tower on one thread reserved for
+that tower, and hands each request its rows. The queue is bounded: a request that would push it
+past `queue_limit` items is refused at once with `QueueFull` (the app answers 503 + Retry-After).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from service.metrics import ServiceMetrics
+
+log = logging.getLogger(__name__)
+
+
+class QueueFull(RuntimeError):
+    """The tower's queue holds too many items; retry after `retry_after_s`."""
+
+    def __init__(self, tower: str, pending: int, limit: int, retry_after_s: int = 1):
+        super().__init__(f"the {tower} queue is full ({pending} items waiting, limit {limit}); retry later")
+        self.tower = tower
+        self.retry_after_s = retry_after_s
+
+
+@dataclass
+class _Pending:
+    inputs: np.ndarray
+    future: asyncio.Future
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+class TowerBatcher:
+    """A bounded batching queue in front of one tower function `run(batch) -> [B, D]`."""
+
+    def __init__(
+        self,
+        tower: str,
+        run: Callable[[np.ndarray], np.ndarray],
+        max_batch_size: int,
+        max_wait_ms: float,
+        queue_limit: int,
+        metrics: ServiceMetrics | None = None,
+    ):
+        self.tower = tower
+        self.run = run
+        self.max_batch_size = int(max_batch_size)
+        self.max_wait_s = float(max_wait_ms) / 1000.0
+        self.queue_limit = int(queue_limit)
+        self.metrics = metrics
+        self._queue: collections.deque[_Pending] = collections.deque()
+        self._pending_items = 0
+        self._wakeup: asyncio.Event | None = None
+        self._task: asyncio.Task | None = None
+        self._stopping = False
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"pcclip-{tower}")
+
+    @property
+    def pending_items(self) -> int:
+        return self._pending_items
+
+    def start(self) -> None:
+        """Start the worker task (call from the running event loop)."""
+        self._wakeup = asyncio.Event()
+        self._task = asyncio.get_running_loop().create_task(self._worker(), name=f"batcher-{self.tower}")
+
+    async def stop(self) -> None:
+        """Stop the worker; waiting requests get an error."""
+        self._stopping = True
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.wait({self._task}, timeout=5.0)  # bounded: shutdown never hangs on a tower call
+            self._task = None
+        while self._queue:
+            item = self._queue.popleft()
+            if not item.future.done():
+                item.future.set_exception(RuntimeError("service is shutting down"))
+        self._pending_items = 0
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def submit(self, inputs: np.ndarray) -> np.ndarray:
+        """Queue one request's inputs [n, ...] and wait for its embeddings [n, D]."""
+        n = len(inputs)
+        if n == 0:
+            raise ValueError("empty batch")
+        if self._task is None:
+            raise RuntimeError(f"the {self.tower} batcher is not running")
+        if self._pending_items + n > self.queue_limit:
+            if self.metrics:
+                self.metrics.rejected.labels(self.tower).inc(n)
+            raise QueueFull(self.tower, self._pending_items, self.queue_limit)
+        future = asyncio.get_running_loop().create_future()
+        self._queue.append(_Pending(inputs, future))
+        self._pending_items += n
+        self._set_depth()
+        self._wakeup.set()
+        return await future
+
+    def _set_depth(self) -> None:
+        if self.metrics:
+            self.metrics.queue_depth.labels(self.tower).set(self._pending_items)
+
+    def _take_batch(self) -> list[_Pending]:
+        batch, size = [], 0
+        while self._queue and (not batch or size + len(self._queue[0].inputs) <= self.max_batch_size):
+            item = self._queue.popleft()
+            if item.future.cancelled():  # the client went away
+                self._pending_items -= len(item.inputs)
+                continue
+            batch.append(item)
+            size += len(item.inputs)
+        self._pending_items -= size
+        self._set_depth()
+        return batch
+
+    async def _worker(self) -> None:
+        loop = asyncio.get_running_loop()
+        while not self._stopping:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            if not self._queue:
+                continue
+            deadline = self._queue[0].enqueued + self.max_wait_s
+            while self._pending_items < self.max_batch_size and (wait := deadline - time.perf_counter()) > 0:
+                # asyncio.wait, not wait_for: wait_for can swallow a cancellation before Python 3.12
+                waiter = asyncio.ensure_future(self._wakeup.wait())
+                done, _ = await asyncio.wait({waiter}, timeout=wait)
+                if not done:
+                    waiter.cancel()
+                    break
+                self._wakeup.clear()
+            batch = self._take_batch()
+            if self._queue:
+                self._wakeup.set()  # more waiting: next round starts at once
+            if not batch:
+                continue
+            started = time.perf_counter()
+            inputs = np.concatenate([b.inputs for b in batch], axis=0)
+            if self.metrics:
+                for b in batch:
+                    self.metrics.queue_wait.labels(self.tower).observe(started - b.enqueued)
+                self.metrics.batch_size.labels(self.tower).observe(len(inputs))
+            try:
+                out = await loop.run_in_executor(self._executor, self.run, inputs)
+            except Exception as err:  # a failing tower must not kill the worker
+                log.exception("%s tower failed on a batch of %d", self.tower, len(inputs))
+                for b in batch:
+                    if not b.future.done():
+                        b.future.set_exception(err)
+                continue
+            if self.metrics:
+                self.metrics.inference.labels(self.tower).observe(time.perf_counter() - started)
+            start = 0
+            for b in batch:
+                rows = out[start : start + len(b.inputs)]
+                start += len(b.inputs)
+                if not b.future.done():
+                    b.future.set_result(rows)

@@ -1,0 +1,74 @@
+"""The async face of an `Encoder`: decoding and tokenizing in threads, batched tower calls, text cache."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from models.encoders import Encoder
+from models.images import ImageDecodeError, ImageLimits, decode_image
+from service.batcher import TowerBatcher
+from service.metrics import ServiceMetrics
+from service.settings import Settings
+from service.text_cache import TextEmbeddingCache
+
+
+class InferenceEngine:
+    """Embeds texts and images for the routes; never blocks the event loop."""
+
+    def __init__(self, encoder: Encoder, settings: Settings, metrics: ServiceMetrics):
+        self.encoder = encoder
+        self.metrics = metrics
+        self.image_limits = ImageLimits(max_pixels=settings.max_image_pixels, max_bytes=settings.max_image_bytes)
+        self.text_cache = TextEmbeddingCache(settings.text_cache_size, metrics)
+        self._preprocess_pool = ThreadPoolExecutor(settings.preprocess_threads, thread_name_prefix="pcclip-preprocess")
+        batching = dict(max_batch_size=settings.max_batch_size, max_wait_ms=settings.max_wait_ms, queue_limit=settings.queue_limit, metrics=metrics)
+        self.text_batcher = TowerBatcher("text", encoder.encode_tokens, **batching)
+        self.image_batcher = TowerBatcher("image", encoder.encode_pixels, **batching)
+
+    def start(self) -> None:
+        self.text_batcher.start()
+        self.image_batcher.start()
+
+    async def stop(self) -> None:
+        await self.text_batcher.stop()
+        await self.image_batcher.stop()
+        self._preprocess_pool.shutdown(wait=False, cancel_futures=True)
+
+    async def _in_pool(self, kind: str, fn, *args):
+        started = time.perf_counter()
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._preprocess_pool, fn, *args)
+        finally:
+            self.metrics.preprocess.labels(kind).observe(time.perf_counter() - started)
+
+    async def embed_texts(self, texts: list[str]) -> np.ndarray:
+        """Texts -> normalised [N, D]; cached texts are not re-encoded, duplicates encoded once."""
+        if not texts:
+            return np.zeros((0, self.encoder.dim), dtype=np.float32)
+        found, missing = self.text_cache.lookup(texts)
+        if missing:
+            ids = await self._in_pool("text", self.encoder.tokenize, missing)
+            embs = await self.text_batcher.submit(ids)
+            self.text_cache.put(missing, embs)
+            found.update(zip(missing, embs))
+        return np.stack([found[t] for t in texts]).astype(np.float32)
+
+    def _decode_and_preprocess(self, images: list[bytes]) -> np.ndarray:
+        decoded = []
+        for i, data in enumerate(images):
+            try:
+                decoded.append(decode_image(data, self.image_limits))
+            except ImageDecodeError as err:
+                raise err.with_index(i) from err
+        return self.encoder.preprocess(decoded)
+
+    async def embed_images(self, images: list[bytes]) -> np.ndarray:
+        """Encoded image files -> normalised [N, D]; raises `ImageDecodeError` naming the item."""
+        if not images:
+            return np.zeros((0, self.encoder.dim), dtype=np.float32)
+        pixels = await self._in_pool("image", self._decode_and_preprocess, images)
+        return await self.image_batcher.submit(pixels)

@@ -1,0 +1,58 @@
+"""All service settings in one typed object, read from environment variables prefixed `PCCLIP_`.
+
+`PCCLIP_MODEL=pcclip-mini PCCLIP_API_KEYS=k1,k2 pcclip serve` ... every field below is
+`PCCLIP_<FIELD NAME IN CAPITALS>`; the README's settings table lists them with their defaults.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from models.loading import DEFAULT_MODEL
+
+
+class Settings(BaseSettings):
+    """The service's configuration (environment variables `PCCLIP_*`)."""
+
+    model_config = SettingsConfigDict(env_prefix="PCCLIP_", extra="ignore", protected_namespaces=())
+
+    # what to serve
+    model: str = Field(DEFAULT_MODEL, description="model spec or bundle directory")
+    device: str = Field("cpu", description="torch device for non-bundle models")
+    # Redis (class stores)
+    redis_url: str = Field("redis://localhost:6379/0", description="Redis for class stores")
+    redis_timeout_s: float = Field(0.5, gt=0, description="Redis connect and command timeout")
+    redis_check_interval_s: float = Field(1.0, gt=0, description="how often the Redis state is checked")
+    # auth
+    api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list, description="comma-separated API keys; empty: no auth")
+    public_reads: bool = Field(False, description="with keys set: inference routes need no key, store writes still do")
+    # limits
+    max_body_bytes: int = Field(32 * 1024 * 1024, gt=0, description="request body size limit (413)")
+    max_items: int = Field(64, gt=0, description="images or texts per request")
+    max_image_pixels: int = Field(40_000_000, gt=0, description="decoded pixels per image (decompression bombs)")
+    max_image_bytes: int = Field(16 * 1024 * 1024, gt=0, description="bytes per image after base64 decoding")
+    max_text_chars: int = Field(2000, gt=0, description="characters per text (then truncated at the model's context)")
+    max_classes: int = Field(1000, gt=0, description="classes per classification or store")
+    max_templates: int = Field(64, gt=0, description="templates per classification or store")
+    # batching
+    max_batch_size: int = Field(32, gt=0, description="items per tower call")
+    max_wait_ms: float = Field(5.0, ge=0, description="how long a batch waits for more requests")
+    queue_limit: int = Field(512, gt=0, description="items waiting per tower before 503 + Retry-After")
+    preprocess_threads: int = Field(2, gt=0, description="threads decoding images and tokenizing")
+    # caches
+    text_cache_size: int = Field(10_000, ge=0, description="text embeddings kept in the LRU cache (0: off)")
+    explain_subject: str = Field("bird", description="noun in the built-in /v1/explain vocabulary")
+    # server
+    host: str = Field("127.0.0.1", description="`pcclip serve` bind address")
+    port: int = Field(8000, gt=0, lt=65536, description="`pcclip serve` port")
+    log_level: str = Field("info", description="uvicorn and service log level")
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value):
+        if isinstance(value, str):
+            return [k.strip() for k in value.split(",") if k.strip()]
+        return value

@@ -1,0 +1,101 @@
+"""Class stores in a real Redis: persistence across app restarts, model scoping, and Redis going away."""
+
+from __future__ import annotations
+
+import copy
+import time
+
+import pytest
+
+from tests.service.conftest import RedisServer, service_client
+
+STORE = {"classes": ["crow", "raven", "jay"], "templates": ["a photo of a {}."],
+         "hints": [{"a": "crow", "b": "raven", "text": "The first bird is smaller than the second."}]}
+
+
+def _wait_for(predicate, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_store_survives_app_restart_and_is_not_reencoded(encoder, redis_url, photo_b64):
+    with service_client(encoder, redis_url) as client:
+        assert client.put("/v1/stores/birds", json=STORE).status_code == 200
+        first = client.post("/v1/classify", json={"images": photo_b64[:2], "store": "birds"}).json()
+    # a fresh app (empty in-process cache) finds the store in Redis
+    with service_client(encoder, redis_url) as client:
+        text_calls = encoder.calls["text"]
+        assert client.get("/v1/stores").json()["stores"] == ["birds"]
+        again = client.post("/v1/classify", json={"images": photo_b64[:2], "store": "birds"})
+        assert again.status_code == 200, again.text
+        assert again.json()["results"] == first["results"]
+        assert encoder.calls["text"] == text_calls
+
+
+def test_stores_are_scoped_by_model_fingerprint(encoder, redis_url, photo_b64):
+    with service_client(encoder, redis_url) as client:
+        assert client.put("/v1/stores/scoped", json=STORE).status_code == 200
+    other = copy.copy(encoder)  # same network, different identity: what a retrained model looks like
+    other.fingerprint = "0" * 16
+    with service_client(other, redis_url) as client:
+        assert client.get("/v1/stores").json()["stores"] == []
+        r = client.post("/v1/classify", json={"images": photo_b64[:1], "store": "scoped"})
+        assert r.status_code == 404 and r.json()["error"]["code"] == "store_not_found"
+
+
+def test_redis_down_serves_from_cache_and_recovers(encoder, tmp_path, photo_b64):
+    server = RedisServer(tmp_path).start()
+    try:
+        with service_client(encoder, server.url) as client:
+            assert client.put("/v1/stores/kept", json=STORE).status_code == 200
+            server.stop()  # Redis goes away mid-test
+            assert _wait_for(lambda: client.get("/readyz").json()["redis"]["up"] is False)
+            metrics = client.get("/metrics").text
+            assert "pcclip_redis_up 0.0" in metrics
+            # serving goes on from the in-process cache, without re-encoding the classes
+            text_calls = encoder.calls["text"]
+            r = client.post("/v1/classify", json={"images": photo_b64[:2], "store": "kept"})
+            assert r.status_code == 200, r.text
+            assert encoder.calls["text"] == text_calls
+            assert client.get("/v1/stores").json()["stores"] == ["kept"]
+            # writes are refused clearly and quickly
+            started = time.monotonic()
+            put = client.put("/v1/stores/new", json=STORE)
+            assert put.status_code == 503 and put.json()["error"]["code"] == "store_unavailable"
+            assert "Redis" in put.json()["error"]["message"] and time.monotonic() - started < 5
+            assert client.delete("/v1/stores/kept").status_code == 503
+            unknown = client.post("/v1/classify", json={"images": photo_b64[:1], "store": "never-cached"})
+            assert unknown.status_code == 503
+            # other routes are untouched
+            assert client.post("/v1/embeddings", json={"input": "still serving"}).status_code == 200
+            # Redis comes back on the same port with its AOF: the app reconnects by itself
+            server.start()
+            assert _wait_for(lambda: client.get("/readyz").json()["redis"]["up"] is True)
+            assert "pcclip_redis_up 1.0" in client.get("/metrics").text
+            assert client.put("/v1/stores/new", json=STORE).status_code == 200
+            assert client.get("/v1/stores").json()["stores"] == ["kept", "new"]
+        # nothing stored was lost: a fresh app reads both stores from the restarted Redis
+        with service_client(encoder, server.url) as client:
+            assert client.get("/v1/stores/kept").status_code == 200
+            assert client.get("/v1/stores/new").json()["classes"] == STORE["classes"]
+    finally:
+        server.stop()
+
+
+def test_service_starts_with_redis_down(encoder, tmp_path, photo_b64):
+    server = RedisServer(tmp_path)  # not started yet
+    with service_client(encoder, server.url) as client:
+        ready = client.get("/readyz").json()
+        assert ready["status"] == "ready" and ready["redis"]["up"] is False
+        assert client.post("/v1/classify", json={"images": photo_b64[:1], "classes": ["a", "b"]}).status_code == 200
+        assert client.put("/v1/stores/x", json=STORE).status_code == 503
+        server.start()
+        try:
+            assert _wait_for(lambda: client.get("/readyz").json()["redis"]["up"] is True)
+            assert client.put("/v1/stores/x", json=STORE).status_code == 200
+        finally:
+            server.stop()
