@@ -123,8 +123,14 @@ class RedisServer:
         terminate(self.proc, signal.SIGTERM, grace_s=10)
         self.proc = None
 
+    def client(self):
+        """A synchronous redis-py client of this server (for checks)."""
+        import redis
+
+        return redis.Redis.from_url(self.url, socket_timeout=5)
+
     def command(self, *args: str) -> bytes:
-        """One inline command, the raw reply (PING, FLUSHALL, checks)."""
+        """One inline command, the raw reply (PING)."""
         with socket.create_connection(("127.0.0.1", self.port), timeout=2) as s:
             s.sendall((" ".join(args) + "\r\n").encode())
             return s.recv(1 << 20)
@@ -220,6 +226,7 @@ class Result:
     error: str | None = None
     retry_after: str | None = None
     body: bytes = b""
+    index: int = -1  # position in the list of requests given to run_load
 
 
 @dataclass
@@ -262,8 +269,8 @@ async def _run_load_async(base_url: str, requests: list[Request], concurrency: i
 
     results: list[Result] = []
     queue: asyncio.Queue = asyncio.Queue()
-    for r in requests:
-        queue.put_nowait(r)
+    for i, r in enumerate(requests):
+        queue.put_nowait((i, r))
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     started = time.perf_counter()
     stop_at = started + deadline_s
@@ -274,7 +281,7 @@ async def _run_load_async(base_url: str, requests: list[Request], concurrency: i
             nonlocal timed_out
             while True:
                 try:
-                    req = queue.get_nowait()
+                    index, req = queue.get_nowait()
                 except asyncio.QueueEmpty:
                     return
                 if time.perf_counter() > stop_at:
@@ -285,9 +292,9 @@ async def _run_load_async(base_url: str, requests: list[Request], concurrency: i
                     resp = await client.request(req.method, req.path, json=req.json, headers=req.headers)
                     res = Result(req.tag, resp.status_code, time.perf_counter() - t0,
                                  retry_after=resp.headers.get("retry-after"),
-                                 body=resp.content if keep_body or resp.status_code >= 500 else b"")
+                                 body=resp.content if keep_body or resp.status_code >= 500 else b"", index=index)
                 except httpx.HTTPError as err:
-                    res = Result(req.tag, 0, time.perf_counter() - t0, error=f"{type(err).__name__}: {err}")
+                    res = Result(req.tag, 0, time.perf_counter() - t0, error=f"{type(err).__name__}: {err}", index=index)
                 results.append(res)
                 if progress is not None:
                     progress.update(1)
