@@ -14,7 +14,7 @@ import hmac
 import logging
 import time
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -63,7 +63,6 @@ class ServiceState:
     engine: InferenceEngine | None = None
     stores: StoreRegistry | None = None
     loaded_at: float | None = None
-    extra: dict = field(default_factory=dict)
 
 
 # -- ASGI middleware ---------------------------------------------------------------------------
@@ -378,7 +377,7 @@ def create_app(settings: Settings | None = None, encoder: Encoder | None = None)
         return store
 
     def store_info(store: ClassStore) -> schemas.StoreInfo:
-        return schemas.StoreInfo(**{k: v for k, v in store.meta().items()})
+        return schemas.StoreInfo(**store.meta())
 
     def top_k_of(top_k: int | None, n: int, default: int | None) -> int:
         k = top_k if top_k is not None else (default or n)

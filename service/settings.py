@@ -35,7 +35,7 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(40_000_000, gt=0, description="decoded pixels per image (decompression bombs)")
     max_image_bytes: int = Field(16 * 1024 * 1024, gt=0, description="bytes per image after base64 decoding")
     max_text_chars: int = Field(2000, gt=0, description="characters per text (then truncated at the model's context)")
-    max_classes: int = Field(1000, gt=0, description="classes per classification or store")
+    max_classes: int = Field(1000, gt=0, description="classes (and hints, explain candidates) per request or store")
     max_templates: int = Field(64, gt=0, description="templates per classification or store")
     # batching
     max_batch_size: int = Field(32, gt=0, description="items per tower call")
