@@ -1,0 +1,496 @@
+"""The trainer behind `pcclip train`: PC-CLIP finetuning and standard CLIP (base) training, one loop.
+
+- PC-CLIP (`--preset pc-clip`, the default): pair records (the shared JSONL contract) train the
+  text transformer with the PC-CLIP loss; the image tower is frozen and its embeddings are cached
+  on disk; optionally the CLIP loss on image-caption pairs is mixed in (`--clip-weight`).
+- Base (`--preset base`): no pairs, only image-caption pairs and the CLIP loss; by default the
+  heads and the logit scale train on cached trunk features (pcclip-mini's base model).
+
+Runs on CPU or CUDA, single process or under `torchrun` (DistributedDataParallel; gloo on CPU,
+nccl on GPU; each rank sees its shard of every epoch via DistributedSampler; the contrastive loss
+is computed per rank over its local batch). A run directory holds `config.json`, a checkpoint per
+epoch (`epoch-NNN.pt`, loadable by `models.loading.load_model`), `final.pt`, `last.pt` (optimizer,
+scheduler, RNG, epoch and step: `--resume` continues a killed run to the same final weights),
+`metrics.jsonl` and `summary.json`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+from tqdm import tqdm
+
+from training import losses
+from training.features import ImageFeatureCache, default_cache_dir, image_cache_key
+from training.parts import (
+    check_image_trunk_frozen,
+    image_split,
+    parse_parts,
+    set_train_mode,
+    set_trainable,
+    text_split,
+)
+from training.records import read_captions, read_pairs
+
+log = logging.getLogger(__name__)
+
+MAX_LOGIT_SCALE = math.log(100.0)
+
+PRESETS: dict[str, dict] = {
+    # the official PC-CLIP code: only the text transformer's layers train, temperature fixed at 1
+    # (its lr, 1e-8 with Adam at batch 512 for ViT-L/14, is far too small for a small text tower)
+    "pc-clip": {"train": "text-transformer", "temperature": 1.0, "lr": 1e-5, "weight_decay": 0.1,
+                "clip_weight": 0.0, "warmup_steps": 10},
+    # standard contrastive image-caption training of the heads and the logit scale on cached trunk features
+    "base": {"train": "text-head,image-head,logit-scale", "temperature": None, "lr": 1e-3, "weight_decay": 0.1,
+             "clip_weight": 1.0, "warmup_steps": 10},
+}
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a run (saved as `config.json` in the run directory)."""
+
+    model: str
+    out: str
+    pairs: list[str] = field(default_factory=list)
+    captions: list[str] = field(default_factory=list)
+    data: str = ""
+    exclude_classes: str | None = None
+    preset: str = "pc-clip"
+    train: str = "text-transformer"
+    temperature: float | None = 1.0  # None: the model's logit scale
+    learn_temperature: bool = False
+    clip_weight: float = 0.0
+    wise_alpha: float = 1.0
+    epochs: int = 1
+    max_steps: int | None = None
+    batch_size: int = 64
+    caption_batch_size: int | None = None
+    lr: float = 1e-5
+    weight_decay: float = 0.1
+    warmup_steps: int = 10
+    grad_clip: float = 1.0
+    seed: int = 0
+    device: str = "auto"
+    cache_dir: str = ""
+    save_every: int = 0
+    feature_batch_size: int = 32
+
+    def parts(self) -> list[str]:
+        parts = parse_parts(self.train)
+        if self.learn_temperature and "logit-scale" not in parts:
+            parts.append("logit-scale")
+        return parts
+
+
+# -- distributed helpers ------------------------------------------------------------------------
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed(device: str) -> DistInfo:
+    """Join the torchrun process group when WORLD_SIZE > 1 (gloo on CPU, nccl on CUDA)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    import torch.distributed as dist
+
+    backend = "nccl" if device.startswith("cuda") else "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend)
+    return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def _barrier(dist_info: DistInfo) -> None:
+    if dist_info.enabled:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def resolve_device(device: str, dist_info: DistInfo) -> torch.device:
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and dist_info.enabled:
+        device = f"cuda:{dist_info.local_rank}"
+    if device.startswith("cuda"):
+        torch.cuda.set_device(torch.device(device))
+    return torch.device(device)
+
+
+# -- schedule, RNG --------------------------------------------------------------------------------
+
+def warmup_cosine(step: int, warmup: int, total: int) -> float:
+    """LR multiplier: linear warmup to 1 over `warmup` steps, then cosine decay to 0 at `total`."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def caption_batch(step: int, n: int, batch: int, seed: int, dist_info: DistInfo) -> torch.Tensor:
+    """Indices of the caption batch mixed into global step `step` (deterministic; sharded by rank)."""
+    per_rank = n // dist_info.world_size
+    batches = per_rank // batch
+    if batches < 1:
+        raise ValueError(f"{n} captions are fewer than one caption batch of {batch} per process")
+    cycle, offset = divmod(step, batches)
+    g = torch.Generator().manual_seed(seed + 1_000_003 + cycle)
+    perm = torch.randperm(n, generator=g)[dist_info.rank :: dist_info.world_size][:per_rank]
+    return perm[offset * batch : (offset + 1) * batch]
+
+
+# -- the objective as one module (what DDP wraps) ---------------------------------------------------
+
+class Objective(nn.Module):
+    """Loss of one batch: PC-CLIP on pairs and/or CLIP on captions, from cached image features."""
+
+    def __init__(self, model, image_head, embed_texts, scale_fn, clip_weight: float):
+        super().__init__()
+        self.model = model
+        self.image_head = image_head
+        self.embed_texts = embed_texts
+        self.scale_fn = scale_fn
+        self.clip_weight = clip_weight
+
+    def forward(self, pair_batch=None, caption_batch=None):
+        scale = self.scale_fn()
+        pc = clip = None
+        if pair_batch is not None:
+            feats_a, feats_b, text_idx = pair_batch
+            pc = losses.pc_clip_loss(self.embed_texts(text_idx), self.image_head(feats_a), self.image_head(feats_b), scale)
+        if caption_batch is not None:
+            feats, text_idx = caption_batch
+            clip = losses.clip_loss(self.image_head(feats), self.embed_texts(text_idx), scale)
+        total = losses.combined_loss(pc, clip, self.clip_weight)
+        return total, pc, clip
+
+
+# -- the trainer ------------------------------------------------------------------------------------
+
+class Trainer:
+    """Builds everything a run needs from a TrainConfig; `run()` trains and writes the run directory."""
+
+    def __init__(self, cfg: TrainConfig, resume: bool = False):
+        from models.loading import load_model
+
+        self.cfg = cfg
+        self.out = Path(cfg.out)
+        self.dist = init_distributed("cuda" if cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu")
+        self.device = resolve_device(cfg.device, self.dist)
+        self.resume_state = self._read_resume_state() if resume else None
+        seed_everything(cfg.seed)
+        self.loaded = load_model(cfg.model)
+        self.model = self.loaded.model
+        self.parts = cfg.parts()
+        if cfg.temperature is not None:
+            with torch.no_grad():
+                self.model.logit_scale.fill_(math.log(1.0 / cfg.temperature))
+        self.trainable_names = set_trainable(self.model, self.parts)
+        check_image_trunk_frozen(self.model)
+        state = self.model.state_dict()
+        self.base_trainable = {n: state[n].detach().clone() for n in self.trainable_names}
+        self.model.to(self.device)
+        self._load_data()
+        self._prepare_features()
+
+    # data ----------------------------------------------------------------------------------------
+    def _load_data(self) -> None:
+        from training.data import default_data_dir, load_class_split
+
+        cfg = self.cfg
+        self.root = Path(cfg.data) if cfg.data else default_data_dir()
+        excluded = load_class_split(cfg.exclude_classes) if cfg.exclude_classes else []
+        self.pairs = [r for p in cfg.pairs for r in read_pairs(p, excluded)]
+        self.captions = [r for s in cfg.captions for r in read_captions(s, self.root, excluded)]
+        if not self.pairs and not self.captions:
+            raise ValueError("no training data: give --pairs and/or --captions")
+        if self.pairs and self.captions and cfg.clip_weight <= 0:
+            raise ValueError("captions were given but --clip-weight is 0: give a positive weight to mix them in")
+        paths = {r.image_a for r in self.pairs} | {r.image_b for r in self.pairs} | {r.image for r in self.captions}
+        self.image_paths = sorted(paths)
+        missing = [p for p in self.image_paths if not (self.root / p).is_file()]
+        if missing:
+            raise FileNotFoundError(f"{len(missing)} images not found under {self.root}, e.g. {missing[0]}")
+        texts = sorted({r.text for r in self.pairs} | {r.caption for r in self.captions})
+        self.texts = texts
+        t_index = {t: i for i, t in enumerate(texts)}
+        i_index = {p: i for i, p in enumerate(self.image_paths)}
+        self.pair_index = torch.tensor([[i_index[r.image_a], i_index[r.image_b], t_index[r.text]] for r in self.pairs], dtype=torch.long).reshape(-1, 3)
+        self.caption_index = torch.tensor([[i_index[r.image], t_index[r.caption]] for r in self.captions], dtype=torch.long).reshape(-1, 2)
+
+    def _prepare_features(self) -> None:
+        cfg = self.cfg
+        split = image_split(self.model, "image-head" in self.parts)
+        self.image_head = split.head
+        key = image_cache_key(self.model, self.loaded.preprocess_cfg, split.level)
+        cache = ImageFeatureCache(cfg.cache_dir or default_cache_dir(), key)
+        self.model.eval()
+        kwargs = dict(root=self.root, compute=split.features, preprocess_cfg=self.loaded.preprocess_cfg,
+                      device=self.device, batch_size=cfg.feature_batch_size)
+        if self.dist.is_main:
+            feats = cache.get(self.image_paths, **kwargs)
+        _barrier(self.dist)
+        if not self.dist.is_main:
+            feats = cache.get(self.image_paths, write=False, **kwargs)
+        self.image_feats = feats.to(self.device)
+        self.cache_key = key
+        ids = torch.from_numpy(self.loaded.tokenizer(self.texts)).to(self.device)
+        pad_id = getattr(getattr(self.model, "text", None), "pad_id", None)
+
+        def batch_ids(idx):
+            """Token ids of a batch; for pcclip text towers (masked mean pooling) without all-pad columns."""
+            b = ids[idx]
+            if pad_id is not None and len(b):
+                b = b[:, : max(1, int((b != pad_id).sum(dim=1).max()))]
+            return b
+
+        tsplit = text_split(self.model, self.parts)
+        if tsplit is None:
+            self.embed_texts = lambda idx: self.model.encode_text(batch_ids(idx))
+        else:  # the text trunk is frozen: its features are computed once, in memory
+            with torch.no_grad():
+                chunks = [tsplit.features(batch_ids(torch.arange(i, min(i + 256, len(ids))))) for i in range(0, len(ids), 256)]
+            tfeats = torch.cat(chunks) if chunks else torch.zeros((0, 1), device=self.device)
+            self.embed_texts = lambda idx: tsplit.head(tfeats[idx])
+
+    def _scale(self):
+        if "logit-scale" in self.parts:
+            return self.model.logit_scale.exp()
+        return self.model.logit_scale.detach().exp()
+
+    # state ---------------------------------------------------------------------------------------
+    def _read_resume_state(self) -> dict | None:
+        path = self.out / "last.pt"
+        if not path.exists():
+            log.info("no %s: starting from scratch", path)
+            return None
+        return torch.load(path, map_location="cpu", weights_only=False)
+
+    def _trainable_state(self) -> dict:
+        state = self.model.state_dict()
+        return {n: state[n].detach().cpu().clone() for n in self.trainable_names}
+
+    def _save_last(self, optimizer, scheduler, epoch: int, batch_in_epoch: int, step: int) -> None:
+        tmp = self.out / "last.pt.tmp"
+        torch.save(
+            {"epoch": epoch, "batch_in_epoch": batch_in_epoch, "step": step, "trainable": self._trainable_state(),
+             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state(),
+             "config": dataclasses.asdict(self.cfg)},
+            tmp,
+        )
+        tmp.replace(self.out / "last.pt")
+
+    def wise_state(self) -> dict:
+        """Trainable weights interpolated with the base: alpha * finetuned + (1 - alpha) * base."""
+        alpha = self.cfg.wise_alpha
+        cur = self._trainable_state()
+        if alpha >= 1.0:
+            return cur
+        return {n: (alpha * v.float() + (1 - alpha) * self.base_trainable[n].float()).to(v.dtype) if v.is_floating_point() else v
+                for n, v in cur.items()}
+
+    def _save_model(self, name: str, epoch: int, step: int) -> Path:
+        from models.checkpoints import save_checkpoint
+
+        current = self._trainable_state()
+        self.model.load_state_dict(self.wise_state(), strict=False)
+        try:
+            extra = {"epoch": epoch, "step": step, "train": self.parts, "wise_alpha": self.cfg.wise_alpha,
+                     "preset": self.cfg.preset, "written_by_rank": self.dist.rank}
+            path = save_checkpoint(self.out / name, self.model, self.loaded.base_spec,
+                                   model_id=f"{Path(self.cfg.out).name}-{Path(name).stem}", extra=extra)
+            if name == "final.pt" and self.loaded.info.get("trunks") is not None:  # a pcclip model
+                from models.checkpoints import save_partial_weights
+
+                save_partial_weights(self.out / "weights.safetensors", self.model, sorted(self.trainable_names),
+                                     {"base": self.loaded.base_spec, "train": self.parts, "wise_alpha": self.cfg.wise_alpha})
+        finally:
+            self.model.load_state_dict(current, strict=False)
+        return path
+
+    def _log(self, record: dict) -> None:
+        with open(self.out / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    # loop ----------------------------------------------------------------------------------------
+    def run(self) -> dict:
+        cfg, dist_info = self.cfg, self.dist
+        from torch.utils.data import BatchSampler, DistributedSampler
+
+        pairs_primary = len(self.pairs) > 0
+        primary = self.pair_index if pairs_primary else self.caption_index
+        sampler = DistributedSampler(range(len(primary)), num_replicas=dist_info.world_size, rank=dist_info.rank,
+                                     shuffle=True, seed=cfg.seed, drop_last=True)
+        batches = BatchSampler(sampler, cfg.batch_size, drop_last=True)
+        steps_per_epoch = len(batches)
+        if steps_per_epoch < 1:
+            raise ValueError(f"{len(primary)} training items are fewer than one batch of {cfg.batch_size} per process")
+        total = cfg.epochs * steps_per_epoch
+        if cfg.max_steps:
+            total = min(total, cfg.max_steps)
+        mix_captions = pairs_primary and len(self.captions) > 0
+        cap_batch = cfg.caption_batch_size or cfg.batch_size
+
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        decay = [p for p in params if p.ndim >= 2]
+        no_decay = [p for p in params if p.ndim < 2]
+        optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                                       {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, cfg.warmup_steps, total))
+        objective = Objective(self.model, self.image_head, self.embed_texts, self._scale, cfg.clip_weight)
+        if dist_info.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            objective = DistributedDataParallel(objective, device_ids=ids)
+
+        start_epoch = start_batch = step = 0
+        if self.resume_state is not None:
+            st = self.resume_state
+            self.model.load_state_dict({k: v.to(self.device) for k, v in st["trainable"].items()}, strict=False)
+            optimizer.load_state_dict(st["optimizer"])
+            scheduler.load_state_dict(st["scheduler"])
+            start_epoch, start_batch, step = st["epoch"], st["batch_in_epoch"], st["step"]
+            set_rng_state(st["rng"])
+            log.info("resuming at epoch %d, batch %d (step %d)", start_epoch, start_batch, step)
+        if dist_info.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
+            self._truncate_metrics(step)
+
+        bar = tqdm(total=total, initial=step, desc="train", unit="step", disable=not dist_info.is_main)
+        epoch_losses: list[float] = []
+        for epoch in range(start_epoch, cfg.epochs):
+            if step >= total:
+                break
+            sampler.set_epoch(epoch)
+            set_train_mode(self.model, self.parts)
+            for b, idx in enumerate(batches):
+                if epoch == start_epoch and b < start_batch:
+                    continue
+                if step >= total:
+                    break
+                idx = torch.tensor(idx, dtype=torch.long)
+                pair_batch = caption_batch_ = None
+                if pairs_primary:
+                    rows = self.pair_index[idx]
+                    pair_batch = (self.image_feats[rows[:, 0]], self.image_feats[rows[:, 1]], rows[:, 2].to(self.device))
+                    if mix_captions:
+                        crows = self.caption_index[caption_batch(step, len(self.captions), cap_batch, cfg.seed, dist_info)]
+                        caption_batch_ = (self.image_feats[crows[:, 0]], crows[:, 1].to(self.device))
+                else:
+                    rows = self.caption_index[idx]
+                    caption_batch_ = (self.image_feats[rows[:, 0]], rows[:, 1].to(self.device))
+                loss, pc, clip = objective(pair_batch, caption_batch_)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip) if cfg.grad_clip > 0 else None
+                optimizer.step()
+                scheduler.step()
+                if "logit-scale" in self.parts:
+                    with torch.no_grad():
+                        self.model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+                step += 1
+                epoch_losses.append(loss.item())
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss.item():.4f}", epoch=epoch)
+                if dist_info.is_main:
+                    self._log({"event": "step", "step": step, "epoch": epoch, "loss": loss.item(),
+                               "pc_loss": None if pc is None else pc.item(), "clip_loss": None if clip is None else clip.item(),
+                               "lr": scheduler.get_last_lr()[0], "logit_scale": self.model.logit_scale.exp().item(),
+                               "grad_norm": None if grad_norm is None else float(grad_norm)})
+                    if cfg.save_every and step % cfg.save_every == 0 and step < total:
+                        self._save_last(optimizer, scheduler, epoch, b + 1, step)
+            epoch_done = step % steps_per_epoch == 0 or step >= total
+            if dist_info.is_main and epoch_done:
+                self._save_model(f"epoch-{epoch + 1:03d}.pt", epoch + 1, step)
+                next_epoch, next_batch = (epoch + 1, 0) if step % steps_per_epoch == 0 else (epoch, step % steps_per_epoch)
+                self._save_last(optimizer, scheduler, next_epoch, next_batch, step)
+                self._log({"event": "epoch", "epoch": epoch + 1, "step": step,
+                           "mean_loss": float(np.mean(epoch_losses)) if epoch_losses else None})
+            epoch_losses = []
+        bar.close()
+        return self._finish(step, total)
+
+    def _truncate_metrics(self, step: int) -> None:
+        path = self.out / "metrics.jsonl"
+        if not path.exists():
+            return
+        keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= step]
+        path.write_text("".join(line + "\n" for line in keep))
+
+    def _finish(self, step: int, total: int) -> dict:
+        from models.checkpoints import state_fingerprint
+
+        fingerprint = state_fingerprint(self.model)
+        fingerprints = [fingerprint]
+        if self.dist.enabled:
+            import torch.distributed as dist
+
+            fingerprints = [None] * self.dist.world_size
+            dist.all_gather_object(fingerprints, fingerprint)
+        summary = {"steps": step, "total_steps": total, "world_size": self.dist.world_size,
+                   "rank_fingerprints": fingerprints, "trainable_parameters": len(self.trainable_names),
+                   "image_cache_key": self.cache_key, "pairs": len(self.pairs), "captions": len(self.captions)}
+        if self.dist.is_main:
+            summary["final"] = str(self._save_model("final.pt", self.cfg.epochs, step))
+            (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
+        _barrier(self.dist)
+        return summary
+
+
+def train(cfg: TrainConfig, resume: bool = False) -> dict:
+    """Train one run (see the module docstring); returns the summary."""
+    trainer = Trainer(cfg, resume=resume)
+    try:
+        return trainer.run()
+    finally:
+        if trainer.dist.enabled:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
