@@ -49,6 +49,17 @@ def ensure_bundle(path: str | Path = DEFAULT_BUNDLE, model: str = "pcclip-mini")
     return path
 
 
+def bench_parser(doc: str, requests: int, concurrency: int):
+    """The arguments every load benchmark takes: --bundle, --requests, --concurrency."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--bundle", default=str(DEFAULT_BUNDLE), help="ONNX bundle (exported with pcclip export if missing)")
+    parser.add_argument("--requests", type=int, default=requests)
+    parser.add_argument("--concurrency", type=int, default=concurrency)
+    return parser
+
+
 def sample_photos(n: int = 16, data_dir: Path = DATA_DIR) -> list[bytes]:
     """`n` real CUB photos (one per class, classes in sorted order) as file bytes."""
     root = data_dir / "cub100" / "images"

@@ -10,23 +10,19 @@ between the 2nd and the 10th thousand <= 10 %.
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import tempfile
 from pathlib import Path
 
-from bench.harness import REPO_ROOT, RedisServer, ServeProcess, b64, ensure_bundle, run_load, sample_photos
+from bench.harness import RedisServer, bench_parser, ServeProcess, b64, ensure_bundle, run_load, sample_photos
 from bench.serving import RESULTS_DIR, machine_note, print_targets
 from bench.soak import BASE_CLASSES, BASE_STORE, mixed_requests
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--bundle", default=str(REPO_ROOT / "artifacts" / "pcclip-mini-onnx"))
-    parser.add_argument("--requests", type=int, default=10_000)
+    parser = bench_parser(__doc__, requests=10_000, concurrency=16)
     parser.add_argument("--starts", type=int, default=3)
-    parser.add_argument("--concurrency", type=int, default=16)
     args = parser.parse_args(argv)
     bundle = ensure_bundle(args.bundle)
     photos_b64 = [b64(p) for p in sample_photos(16)]

@@ -11,14 +11,13 @@ the same function with a smaller count in CI.
 
 from __future__ import annotations
 
-import argparse
 import random
 import tempfile
 import time
 from pathlib import Path
 
 from bench.harness import (
-    REPO_ROOT,
+    bench_parser,
     LoadReport,
     RedisServer,
     Request,
@@ -120,10 +119,7 @@ def soak(base_url: str, redis: RedisServer, n: int, concurrency: int = 32, deadl
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--bundle", default=str(REPO_ROOT / "artifacts" / "pcclip-mini-onnx"))
-    parser.add_argument("--requests", type=int, default=20_000)
-    parser.add_argument("--concurrency", type=int, default=32)
+    parser = bench_parser(__doc__, requests=20_000, concurrency=32)
     parser.add_argument("--deadline", type=float, default=3600.0)
     args = parser.parse_args(argv)
     bundle = ensure_bundle(args.bundle)
