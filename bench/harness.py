@@ -255,10 +255,6 @@ class LoadReport:
     def count(self, predicate: Callable[[Result], bool]) -> int:
         return sum(1 for r in self.results if predicate(r))
 
-    @property
-    def server_errors(self) -> list[Result]:
-        return [r for r in self.results if r.status >= 500 and r.status not in (503,)] + [r for r in self.results if r.status == 0]
-
     def throughput(self, tag: str | None = None) -> float:
         n = len([r for r in self.results if tag is None or r.tag == tag])
         return n / self.wall_s if self.wall_s > 0 else 0.0
