@@ -135,11 +135,20 @@ def choose_providers(providers: list | None = None) -> list:
     return [CUDA_PROVIDER, CPU_PROVIDER] if CUDA_PROVIDER in available else [CPU_PROVIDER]
 
 
-def session_options(intra_op_threads: int | None = None):
-    """ORT session options: full graph optimisation, sequential execution, bounded threads."""
+def session_options(intra_op_threads: int | None = None, cpu_mem_arena: bool | None = None):
+    """ORT session options: full graph optimisation, sequential execution, bounded threads.
+
+    The CPU memory arena is off unless `cpu_mem_arena` (or PCCLIP_ORT_CPU_ARENA=1) turns it on:
+    the arena keeps the peak of every batch size it has seen (a served process grew from 250 MB
+    to ~880 MB after batches of 32 images), and on CPU it bought no measurable speed
+    (docs/benchmarks.md).
+    """
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
+    if cpu_mem_arena is None:
+        cpu_mem_arena = os.environ.get("PCCLIP_ORT_CPU_ARENA", "0").strip().lower() in ("1", "true", "yes")
+    opts.enable_cpu_mem_arena = bool(cpu_mem_arena)
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     threads = intra_op_threads if intra_op_threads is not None else int(os.environ.get("PCCLIP_ORT_THREADS", "0"))

@@ -354,7 +354,11 @@ def create_app(settings: Settings | None = None, encoder: Encoder | None = None)
         loop = asyncio.get_running_loop()
 
         def encode_via_engine(texts: list[str]) -> np.ndarray:  # runs in a worker thread
-            return asyncio.run_coroutine_threadsafe(svc.engine.embed_texts(list(texts)), loop).result()
+            # in pieces of one batch: a class set larger than the queue limit must not be refused as "overloaded"
+            step = settings.max_batch_size
+            parts = [asyncio.run_coroutine_threadsafe(svc.engine.embed_texts(list(texts[i : i + step])), loop).result()
+                     for i in range(0, len(texts), step)]
+            return np.concatenate(parts) if parts else np.zeros((0, svc.encoder.dim), dtype=np.float32)
 
         def compute() -> np.ndarray:
             w = class_embeddings(classes, encode_via_engine, templates)

@@ -10,7 +10,7 @@ import numpy as np
 
 from models.encoders import Encoder
 from models.images import ImageDecodeError, ImageLimits, decode_image
-from service.batcher import TowerBatcher
+from service.batcher import QueueFull, TowerBatcher
 from service.metrics import ServiceMetrics
 from service.settings import Settings
 from service.text_cache import TextEmbeddingCache
@@ -28,6 +28,10 @@ class InferenceEngine:
         batching = dict(max_batch_size=settings.max_batch_size, max_wait_ms=settings.max_wait_ms, queue_limit=settings.queue_limit, metrics=metrics)
         self.text_batcher = TowerBatcher("text", encoder.encode_tokens, **batching)
         self.image_batcher = TowerBatcher("image", encoder.encode_pixels, **batching)
+        # items admitted per tower and not answered yet (decoding/tokenizing, queued or running):
+        # admission is refused at once past queue_limit, before any decoding work is queued
+        self.queue_limit = int(settings.queue_limit)
+        self.in_flight = {"text": 0, "image": 0}
 
     def start(self) -> None:
         self.text_batcher.start()
@@ -45,14 +49,29 @@ class InferenceEngine:
         finally:
             self.metrics.preprocess.labels(kind).observe(time.perf_counter() - started)
 
+    def _admit(self, tower: str, n: int) -> None:
+        """Reserve `n` items of the tower's capacity, or raise QueueFull (503 + Retry-After) now."""
+        pending = self.in_flight[tower]
+        if pending + n > self.queue_limit:
+            self.metrics.rejected.labels(tower).inc(n)
+            raise QueueFull(tower, pending, self.queue_limit)
+        self.in_flight[tower] = pending + n
+
+    def _release(self, tower: str, n: int) -> None:
+        self.in_flight[tower] -= n
+
     async def embed_texts(self, texts: list[str]) -> np.ndarray:
         """Texts -> normalised [N, D]; cached texts are not re-encoded, duplicates encoded once."""
         if not texts:
             return np.zeros((0, self.encoder.dim), dtype=np.float32)
         found, missing = self.text_cache.lookup(texts)
         if missing:
-            ids = await self._in_pool("text", self.encoder.tokenize, missing)
-            embs = await self.text_batcher.submit(ids)
+            self._admit("text", len(missing))
+            try:
+                ids = await self._in_pool("text", self.encoder.tokenize, missing)
+                embs = await self.text_batcher.submit(ids)
+            finally:
+                self._release("text", len(missing))
             self.text_cache.put(missing, embs)
             found.update(zip(missing, embs))
         return np.stack([found[t] for t in texts]).astype(np.float32)
@@ -70,5 +89,9 @@ class InferenceEngine:
         """Encoded image files -> normalised [N, D]; raises `ImageDecodeError` naming the item."""
         if not images:
             return np.zeros((0, self.encoder.dim), dtype=np.float32)
-        pixels = await self._in_pool("image", self._decode_and_preprocess, images)
-        return await self.image_batcher.submit(pixels)
+        self._admit("image", len(images))
+        try:
+            pixels = await self._in_pool("image", self._decode_and_preprocess, images)
+            return await self.image_batcher.submit(pixels)
+        finally:
+            self._release("image", len(images))

@@ -1,0 +1,17 @@
+"""ONNX Runtime session options of served bundles: the CPU memory arena is off unless asked for."""
+
+from __future__ import annotations
+
+from models.onnx_backend import session_options
+
+
+def test_cpu_memory_arena_is_off_by_default(monkeypatch):
+    monkeypatch.delenv("PCCLIP_ORT_CPU_ARENA", raising=False)
+    assert session_options().enable_cpu_mem_arena is False
+
+
+def test_cpu_memory_arena_can_be_turned_on(monkeypatch):
+    monkeypatch.setenv("PCCLIP_ORT_CPU_ARENA", "1")
+    assert session_options().enable_cpu_mem_arena is True
+    monkeypatch.setenv("PCCLIP_ORT_CPU_ARENA", "1")
+    assert session_options(cpu_mem_arena=False).enable_cpu_mem_arena is False
