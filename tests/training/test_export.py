@@ -31,7 +31,9 @@ def test_mini_bundle_layout_and_manifest(mini_bundle, pcclip_mini):
     assert parity["images"]["n"] >= 10 and any(f.startswith("cub100/") for f in parity["image_files"])
     assert any("val2017" in f for f in parity["image_files"])
     assert parity["texts_truncated"] >= 3 and parity["tokenizer"]["identical_ids"]
-    assert manifest["quantization"] is None and manifest["evaluation"] is None
+    assert manifest["quantization"] is None
+    # the evaluation summary stored with the weights travels into the manifest (None for untrained heads)
+    assert manifest["evaluation"] == json.loads(json.dumps(pcclip_mini.info.get("evaluation")))
 
 
 def test_towers_have_a_dynamic_batch_axis(mini_bundle):
