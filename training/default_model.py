@@ -59,7 +59,9 @@ class ReproduceConfig:
     text_layers: int = 1
     n_pairs: int = 12000
     pc_steps: int = 500
-    pc_lr: float = 1e-4
+    pc_lr: float = 1e-3
+    pc_weight_decay: float = 0.01
+    pc_scale: float = 20.0  # 1 / temperature of the difference loss
     pc_batch: int = 128
     clip_weight: float = 1.0
     alphas: tuple = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -363,7 +365,7 @@ class Pipeline:
         for p in params:
             p.requires_grad = True
         self.pc_keys = sorted(set(self.tail.trainable_names(m)))
-        opt = torch.optim.AdamW(params, lr=cfg.pc_lr, weight_decay=0.1)
+        opt = torch.optim.AdamW(params, lr=cfg.pc_lr, weight_decay=cfg.pc_weight_decay)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20) * 0.5 * (1 + math.cos(math.pi * s / cfg.pc_steps)))
         rng = random.Random(cfg.seed + 2)
         classes = sorted(self.train_imgs)
@@ -376,8 +378,11 @@ class Pipeline:
             batch = rng.sample(self.pairs, cfg.pc_batch)
             ia = emb[torch.tensor([self.pindex[p["image_a"]] for p in batch])]
             ib = emb[torch.tensor([self.pindex[p["image_b"]] for p in batch])]
-            t = self.encode_texts([p["text"] for p in batch], grad=True)
-            loss = losses.pc_clip_loss(t, ia, ib, scale)
+            texts = [p["text"] for p in batch]
+            t = self.encode_texts(texts, grad=True)
+            # identical texts in a batch need no special targets: their embeddings are identical, so
+            # the loss is the same as with multi-positive targets
+            loss = losses.pc_clip_loss(t, ia, ib, cfg.pc_scale)
             if cfg.clip_weight > 0:
                 cb = rng.sample(classes, min(cfg.base_batch, len(classes)))
                 photos = [rng.choice(self.train_imgs[c]) for c in cb]
