@@ -17,7 +17,7 @@ Every function accepts float arrays of any float dtype and returns float32.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -139,11 +139,6 @@ def comparative_prompting(
     for i, ests in estimates.items():
         out[i] = normalize(alpha * base[i] + (1.0 - alpha) * np.mean(ests, axis=0))
     return out
-
-
-def hints_from_dicts(items: Iterable[Mapping[str, str]]) -> list[Hint]:
-    """[{"a":..., "b":..., "text":...}] -> [Hint]."""
-    return [Hint(str(h["a"]), str(h["b"]), str(h["text"])) for h in items]
 
 
 def compare_probability(score: np.ndarray | float, temperature: float = 0.1, bias: float = 0.0) -> np.ndarray:

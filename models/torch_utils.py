@@ -29,11 +29,6 @@ def text_blocks(model) -> list:
     raise ValueError("cannot find the text transformer's layers of this model")
 
 
-def image_tower(model):
-    """The image tower module."""
-    return model.visual
-
-
 def text_tower_parameters(model) -> list:
     """All parameters of the text side (everything that is not the image tower or logit scale/bias)."""
     visual_ids = {id(p) for p in model.visual.parameters()}

@@ -1,15 +1,9 @@
-"""`pcclip serve`: registered by the service package (see service issue)."""
+"""`pcclip` subcommands of the service package (`pcclip serve`)."""
 
 from __future__ import annotations
 
-import importlib
-
 
 def register(sub) -> None:
-    try:
-        module = importlib.import_module("service.serve_command")
-    except ModuleNotFoundError as err:
-        if err.name in ("service.serve_command",):
-            return
-        raise
-    module.register(sub)
+    from service import serve_command
+
+    serve_command.register(sub)

@@ -19,10 +19,4 @@ COMMAND_MODULES = (
 
 def register(sub) -> None:
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as err:
-            if err.name and (name == err.name or name.startswith(err.name + ".")):  # not written yet
-                continue
-            raise
-        module.register(sub)
+        importlib.import_module(name).register(sub)
