@@ -8,7 +8,7 @@ g(I) is the image embedding, f(T) the text embedding, n(x) = x / ||x||.
 - rank                 images ordered by  r_i = cos( f(T), n(g(I_i)) )  -- see `rank`
 - zero-shot            logits_ic = scale * cos( n(g(I_i)), w_c ),  w_c = n( mean_t n(f(template_t(c))) )
 - comparative prompt   for a hint (a, b, T) -- "T says how class a differs from class b" --
-                       the estimate of b is  f_a - f_T  (and, symmetric, of a:  f_b + f_T);
+                       the estimate of b is  f_a - f_T  (optionally, symmetric, also of a:  f_b + f_T);
                        w'_c = n( alpha * w_c + (1 - alpha) * mean(estimates of c) )
 
 Every function accepts float arrays of any float dtype and returns float32.
@@ -107,16 +107,17 @@ def comparative_prompting(
     hints: Iterable[Hint],
     hint_embs: np.ndarray,
     alpha: float = DEFAULT_ALPHA,
-    symmetric: bool = True,
+    symmetric: bool = False,
 ) -> np.ndarray:
     """Correct class embeddings [C, D] with difference hints (PC-CLIP comparative prompting).
 
     For a hint (a, b, T) with text embedding f_T, the estimate of class b is f_a - f_T, as in the
-    official implementation. With `symmetric=True` (our default) the same hint also gives the
-    estimate f_b + f_T of class a: the text relates both classes and the geometry is the same in
-    both directions, so a hinted pair moves both of its members. Each class c with estimates gets
-    w'_c = n(alpha * w_c + (1 - alpha) * mean(estimates of c)); classes without hints are returned
-    unchanged. Estimates use the *uncorrected* embeddings, so the result does not depend on hint order.
+    official implementation (the default). With `symmetric=True` the same hint also gives the
+    estimate f_b + f_T of class a. The one-sided form is the default because it did better on
+    validation photos of seen classes (see the README's Training section). Each class c with
+    estimates gets w'_c = n(alpha * w_c + (1 - alpha) * mean(estimates of c)); classes without hints
+    are returned unchanged. Estimates use the *uncorrected* embeddings, so the result does not
+    depend on hint order.
     """
     hints = list(hints)
     if not 0.0 <= alpha <= 1.0:

@@ -57,13 +57,15 @@ class ReproduceConfig:
     coco_weight: float = 0.5
     # PC-CLIP
     text_layers: int = 1
-    n_pairs: int = 12000
+    n_pairs: int = 30000
     pc_steps: int = 500
     pc_lr: float = 1e-3
     pc_weight_decay: float = 0.01
     pc_scale: float = 20.0  # 1 / temperature of the difference loss
     pc_batch: int = 128
     clip_weight: float = 1.0
+    pair_top_k: int | None = None  # the strongest claims of a class pair that training texts state (None: all)
+    short_fraction: float = 0.3  # share of training pairs phrased as a short comparative ("a larger bird")
     alphas: tuple = (0.0, 0.25, 0.5, 0.75, 1.0)
     max_zero_shot_drop: float = 0.01
     # evaluation
@@ -140,9 +142,40 @@ def split_phrasings(writer, class_a: str, class_b: str) -> tuple[list, list]:
     return trained, held
 
 
-def make_pairs(images_by_class: dict, writer, n: int, rng: random.Random, top_k: int = 4) -> list[dict]:
+COMPARATIVE_COLOURS = {"red": "redder", "yellow": "yellower", "black": "blacker", "blue": "bluer", "white": "whiter",
+                       "brown": "browner", "grey": "greyer", "green": "greener", "pink": "pinker"}
+
+
+def comparative_colour(colour: str) -> str:
+    return COMPARATIVE_COLOURS.get(colour, f"more {colour}")
+
+
+def short_comparative(d, noun: str = "bird") -> str | None:
+    """The difference as a short comparative phrase about the first item ("a larger bird", "a bird
+    with a redder crown"), the form a user ranks by; None for kinds without one (shapes)."""
+    if d.kind == "size":
+        return f"a {'larger' if d.direction > 0 else 'smaller'} {noun}"
+    if d.kind == "bill length":
+        return f"a {noun} with a {'longer' if d.direction > 0 else 'shorter'} bill"
+    if d.kind == "primary colour":
+        return f"a {comparative_colour(d.attributes[0].split('::')[1])} {noun}"
+    if d.group == "colour" and d.kind.endswith(" colour"):
+        part = d.kind[: -len(" colour")]
+        colour = comparative_colour(d.attributes[0].split("::")[1])
+        plural = part.endswith("s")
+        return f"a {noun} with {'' if plural else 'a '}{colour} {part}"
+    if d.group == "pattern" and d.kind.endswith(" pattern") and d.kind != "head pattern":
+        part = d.kind[: -len(" pattern")]
+        word = d.attributes[0].split("::")[1]
+        plural = part.endswith("s")
+        return f"a {noun} with {'' if plural else 'a '}{'more' if d.direction > 0 else 'less'} {word} {part}"
+    return None
+
+
+def make_pairs(images_by_class: dict, writer, n: int, rng: random.Random, top_k: int | None = 4,
+               short_fraction: float = 0.0) -> list[dict]:
     """n pairs of photos of two different classes, each with one trained-phrasing difference text
-    (one of the `top_k` strongest claims)."""
+    (one of the `top_k` strongest claims); a `short_fraction` of them phrased as a short comparative."""
     classes = sorted(images_by_class)
     cache: dict = {}
     out = []
@@ -156,8 +189,11 @@ def make_pairs(images_by_class: dict, writer, n: int, rng: random.Random, top_k:
         if not diffs:
             continue
         d = rng.choice(diffs)
+        text = d.text
+        if short_fraction > 0 and rng.random() < short_fraction:
+            text = short_comparative(d, writer.noun) or text
         out.append({"image_a": rng.choice(images_by_class[a]), "image_b": rng.choice(images_by_class[b]),
-                    "text": d.text, "group": d.group, "class_a": a, "class_b": b})
+                    "text": text, "group": d.group, "class_a": a, "class_b": b})
     return out
 
 
@@ -261,7 +297,8 @@ class Pipeline:
         cfg = self.cfg
         rng = random.Random(cfg.seed)
         self.captions = {c: class_captions(self.table, c, rng) for c in self.train_imgs}
-        self.pairs = make_pairs(self.train_imgs, self.writer, cfg.n_pairs, rng)
+        self.pairs = make_pairs(self.train_imgs, self.writer, cfg.n_pairs, rng, top_k=cfg.pair_top_k,
+                                short_fraction=cfg.short_fraction)
         self.val_pairs = make_pairs(self.val_imgs, self.writer, 1000, random.Random(cfg.seed + 7))
         prompts = [t.format(class_caption_name(c)) for c in self.cub.classes for t in CAPTION_TEMPLATES]
         reserved_test = {c: v for c, v in self.test_photos.items() if c in self.reserved}

@@ -12,6 +12,8 @@ def register(subparsers) -> None:
     p.add_argument("--base-steps", type=int, default=None)
     p.add_argument("--text-layers", type=int, default=None, help="last MiniLM layers PC-CLIP trains")
     p.add_argument("--clip-weight", type=float, default=None, help="CLIP loss weight mixed into PC-CLIP")
+    p.add_argument("--short-fraction", type=float, default=None, help="share of PC-CLIP pairs phrased as a short comparative")
+    p.add_argument("--pair-top-k", type=int, default=None, help="strongest claims per class pair in PC-CLIP texts (0: all)")
     p.add_argument("--max-photos-per-class", type=int, default=None, help="CUB test photos per class in the evaluation (default all)")
     p.add_argument("--no-write", action="store_true", help="leave models/weights, docs and README alone")
     p.set_defaults(handler=_run)
@@ -27,6 +29,10 @@ def _run(args) -> int:
     for name in ("n_pairs", "pc_steps", "base_steps", "text_layers", "clip_weight", "max_photos_per_class"):
         if getattr(args, name) is not None:
             setattr(cfg, name, getattr(args, name))
+    if args.short_fraction is not None:
+        cfg.short_fraction = args.short_fraction
+    if args.pair_top_k is not None:
+        cfg.pair_top_k = args.pair_top_k or None
     report = reproduce(cfg)
     for t in report["targets"]:
         print(f"{'MET   ' if t['met'] else 'MISSED'} {t['target']}: {t['figure']}")

@@ -82,7 +82,7 @@ def test_comparative_prompting_moves_only_hinted_classes():
     classes = normalize(rng.normal(size=(3, 16)))
     hint = Hint("crow", "raven", "a crow is smaller than a raven")
     f_t = normalize(rng.normal(size=16))
-    out = comparative_prompting(names, classes, [hint], f_t[None], alpha=0.8, symmetric=False)
+    out = comparative_prompting(names, classes, [hint], f_t[None], alpha=0.8)  # one-sided by default
     np.testing.assert_allclose(out[2], classes[2], atol=1e-7)  # unhinted: unchanged
     np.testing.assert_allclose(out[0], classes[0], atol=1e-7)  # a unchanged when not symmetric
     estimate = classes[0] - f_t
@@ -96,7 +96,7 @@ def test_comparative_prompting_symmetric_updates_both_members():
     names = ["a", "b", "c"]
     classes = normalize(rng.normal(size=(3, 8)))
     f_t = normalize(rng.normal(size=8))
-    out = comparative_prompting(names, classes, [Hint("a", "b", "t")], f_t[None], alpha=0.5)
+    out = comparative_prompting(names, classes, [Hint("a", "b", "t")], f_t[None], alpha=0.5, symmetric=True)
     np.testing.assert_allclose(out[0], normalize(0.5 * classes[0] + 0.5 * (classes[1] + f_t)), atol=1e-6)
     np.testing.assert_allclose(out[1], normalize(0.5 * classes[1] + 0.5 * (classes[0] - f_t)), atol=1e-6)
     np.testing.assert_allclose(out[2], classes[2], atol=1e-7)

@@ -74,3 +74,42 @@ def test_class_captions_name_the_class_and_its_attributes(writer):
     assert caps[0] == "a photo of a cardinal."  # the zero-shot prompts come first
     assert len(caps) == 8 and all("cardinal" in c for c in caps)
     assert any("red" in c for c in caps[2:])
+
+
+def test_short_comparatives_state_the_same_fact_about_the_first_bird(writer):
+    from training.data import size_score
+    from training.default_model import short_comparative
+
+    classes = list(writer.table.classes)[:30]
+    seen = set()
+    for a in classes:
+        for b in classes:
+            for d in writer.describe(a, b):
+                text = short_comparative(d)
+                if text is None:
+                    assert d.group == "shape" or d.kind == "head pattern"
+                    continue
+                seen.add(d.kind)
+                assert text.startswith("a ") and "first" not in text and "second" not in text
+                if d.kind == "size":
+                    larger = size_score(writer.table, a) > size_score(writer.table, b)
+                    assert text == ("a larger bird" if larger else "a smaller bird")
+                elif d.group == "colour":
+                    colour = d.attributes[0].split("::")[1]
+                    assert colour[:4] in text  # a's dominant colour ("redder", "more olive")
+                    assert writer.table.value(a, d.attributes[0]) > writer.table.value(b, d.attributes[0])
+                elif d.group == "pattern":
+                    assert ("more" in text) == (writer.table.value(a, d.attributes[0]) > writer.table.value(b, d.attributes[0]))
+    assert {"size", "primary colour", "crown colour"} <= seen
+
+
+def test_short_fraction_phrases_that_share_of_training_pairs_short(writer):
+    from training.default_model import make_pairs
+
+    photos = {c: [f"{c}/1.jpg"] for c in ("Cardinal", "White_Pelican", "Blue_Jay", "American_Crow")}
+    long_only = make_pairs(photos, writer, 400, random.Random(0))
+    mixed = make_pairs(photos, writer, 400, random.Random(0), short_fraction=0.5)
+    short = [p for p in mixed if "first" not in p["text"].lower() and "second" not in p["text"].lower()]
+    assert not [p for p in long_only if "first" not in p["text"].lower() and "second" not in p["text"].lower()]
+    assert 0.25 < len(short) / len(mixed) < 0.6  # shapes have no short form
+    assert {"a larger bird", "a smaller bird"} & {p["text"] for p in short}
