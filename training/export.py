@@ -132,23 +132,18 @@ def _tower_modules(model):
     import torch
     import torch.nn.functional as F
 
-    class ImageTower(torch.nn.Module):
-        def __init__(self, clip):
+    class NormalizedTower(torch.nn.Module):
+        """One of the model's encoders (`encode_image` or `encode_text`) with L2-normalised output."""
+
+        def __init__(self, clip, encode: str):
             super().__init__()
             self.clip = clip
+            self.encode = encode
 
-        def forward(self, pixels):
-            return F.normalize(self.clip.encode_image(pixels), dim=-1)
+        def forward(self, x):
+            return F.normalize(getattr(self.clip, self.encode)(x), dim=-1)
 
-    class TextTower(torch.nn.Module):
-        def __init__(self, clip):
-            super().__init__()
-            self.clip = clip
-
-        def forward(self, ids):
-            return F.normalize(self.clip.encode_text(ids), dim=-1)
-
-    return ImageTower(model).eval(), TextTower(model).eval()
+    return NormalizedTower(model, "encode_image").eval(), NormalizedTower(model, "encode_text").eval()
 
 
 def _use_eager_attention(model) -> None:
