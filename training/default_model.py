@@ -66,6 +66,9 @@ class ReproduceConfig:
     clip_weight: float = 1.0
     pair_top_k: int | None = None  # the strongest claims of a class pair that training texts state (None: all)
     short_fraction: float = 0.3  # share of training pairs phrased as a short comparative ("a larger bird")
+    probe_weight: float = 10.0  # weight of the attribute-direction loss (see `AttributeProbe`; 0: the paper's loss alone)
+    probe_ridge: float = 1.0  # ridge penalty of the attribute probe
+    ablation: bool = True  # also train with the paper's loss alone (probe_weight 0) and report it
     alphas: tuple = (0.0, 0.25, 0.5, 0.75, 1.0)
     max_zero_shot_drop: float = 0.01
     # evaluation
@@ -193,8 +196,64 @@ def make_pairs(images_by_class: dict, writer, n: int, rng: random.Random, top_k:
         if short_fraction > 0 and rng.random() < short_fraction:
             text = short_comparative(d, writer.noun) or text
         out.append({"image_a": rng.choice(images_by_class[a]), "image_b": rng.choice(images_by_class[b]),
-                    "text": text, "group": d.group, "class_a": a, "class_b": b})
+                    "text": text, "group": d.group, "class_a": a, "class_b": b, "fact": fact_key(d)})
     return out
+
+
+def fact_key(d) -> tuple:
+    """What a difference states, whatever its phrasing: (kind, attributes, direction)."""
+    return (d.kind, tuple(d.attributes), int(d.direction), d.other_attribute)
+
+
+def attribute_targets(table, classes: list[str]) -> tuple[list[str], np.ndarray]:
+    """The regression targets of each class: every table column (percent), then the ordinal size
+    and bill-length scores (x 100; a class without them gets the middle of the scale)."""
+    from training.data import size_score
+    from training.pairs.attributes import BILL_LENGTH_ORDER
+
+    columns = sorted(table.row(classes[0]).keys())
+    out = []
+    for c in classes:
+        r = table.row(c)
+        bill = np.array([r[x] for x in BILL_LENGTH_ORDER], dtype=np.float64)
+        bill_score = float((bill * np.arange(1, 4)).sum() / bill.sum()) if bill.sum() > 0 else 2.0
+        size = size_score(table, c)
+        out.append([r[x] for x in columns] + [100 * (size if size == size else 3.0), 100 * bill_score])
+    return columns + ["size", "bill length"], np.nan_to_num(np.array(out, dtype=np.float64))
+
+
+class AttributeProbe:
+    """Linear attribute probe on image embeddings, and the direction in embedding space of each fact.
+
+    A ridge regression from normalised image embeddings of seen-class training photos to their
+    class's attribute row (every table column, plus the ordinal size and bill-length scores) gives
+    one weight vector per attribute. The direction of a fact is the weight vector of its measure
+    (the difference of two vectors for "X vs Y" claims), signed by the claim's direction, so
+    `direction . (g(I1) - g(I2)) > 0` is the probe's prediction that the fact holds for (I1, I2).
+    """
+
+    def __init__(self, table, embeddings: np.ndarray, classes: list[str], ridge: float = 1.0):
+        from sklearn.linear_model import Ridge
+
+        self.columns, rows = attribute_targets(table, sorted(set(classes)))
+        index = {c: i for i, c in enumerate(sorted(set(classes)))}
+        fit = Ridge(alpha=ridge).fit(embeddings, rows[[index[c] for c in classes]])
+        self.weights = fit.coef_  # [columns, D]
+        self.index = {c: i for i, c in enumerate(self.columns)}
+
+    def direction(self, fact: tuple) -> np.ndarray:
+        """Unit vector of a fact (see `fact_key`) in image-embedding space."""
+        kind, attributes, sign, other = fact
+        w, i = self.weights, self.index
+        if kind == "size":
+            v = sign * w[i["size"]]
+        elif kind == "bill length":
+            v = sign * w[i["bill length"]]
+        elif other is not None:
+            v = w[i[attributes[0]]] - w[i[other]]
+        else:
+            v = sign * w[i[attributes[0]]]
+        return v / max(np.linalg.norm(v), 1e-12)
 
 
 def eval_phrasing_pairs(photos_by_class: dict, writer, n: int, seed: int) -> dict[str, list[dict]]:
@@ -409,6 +468,13 @@ class Pipeline:
         scale = m.logit_scale.detach().exp()
         with torch.no_grad():
             emb = m.visual.head(self.trunk)
+        if cfg.probe_weight > 0:
+            photos = [(c, p) for c in classes for p in self.train_imgs[c]]
+            x = F.normalize(emb[torch.tensor([self.pindex[p] for _, p in photos])], dim=-1).numpy()
+            self.probe = AttributeProbe(self.table, x, [c for c, _ in photos], cfg.probe_ridge)
+            facts = sorted({p["fact"] for p in self.pairs}, key=repr)
+            fact_index = {f: i for i, f in enumerate(facts)}
+            fact_dirs = torch.from_numpy(np.stack([self.probe.direction(f) for f in facts])).float()
         for blk in list(m.text.blocks)[self.tail.first_trainable:]:
             blk.train()
         for step in tqdm(range(cfg.pc_steps), desc=f"PC-CLIP (last {cfg.text_layers} text layers + head)", unit="step"):
@@ -420,6 +486,9 @@ class Pipeline:
             # identical texts in a batch need no special targets: their embeddings are identical, so
             # the loss is the same as with multi-positive targets
             loss = losses.pc_clip_loss(t, ia, ib, cfg.pc_scale)
+            if cfg.probe_weight > 0:
+                target = fact_dirs[torch.tensor([fact_index[p["fact"]] for p in batch])]
+                loss = loss + cfg.probe_weight * (1 - (F.normalize(t, dim=-1) * target).sum(-1)).mean()
             if cfg.clip_weight > 0:
                 cb = rng.sample(classes, min(cfg.base_batch, len(classes)))
                 photos = [rng.choice(self.train_imgs[c]) for c in cb]
@@ -435,6 +504,22 @@ class Pipeline:
         for p in m.parameters():
             p.requires_grad = False
         self.pc_state = {k: m.state_dict()[k].clone() for k in self.pc_keys}
+
+    def paper_loss_ablation(self) -> dict:
+        """The same PC-CLIP stage with the paper's loss alone (no attribute-direction term), for the
+        report; the model is back at the base afterwards."""
+        weight = self.cfg.probe_weight
+        self.cfg.probe_weight = 0.0
+        try:
+            self.train_pcclip()
+            sweep = self.sweep()
+        finally:
+            self.cfg.probe_weight = weight
+            self.model.load_state_dict(self.base_state)
+        chosen = next(r for r in sweep["rows"] if r["alpha"] == sweep["chosen_alpha"])
+        return {"probe_weight": 0.0, "chosen_alpha": sweep["chosen_alpha"], "chosen": chosen, "rows": sweep["rows"],
+                "note": f"in-pipeline figures: {len(self.test_pairs)} reserved-class test pairs, "
+                        f"{len(self.phrasing_pairs['trained'])} phrasing pairs"}
 
     def set_alpha(self, alpha: float) -> None:
         state = {k: alpha * self.pc_state[k] + (1 - alpha) * self.base_state[k] for k in self.pc_keys}
@@ -560,6 +645,16 @@ def results_markdown(report: dict, sweep: dict, tgt: list[dict], minutes: float,
     label = "x"
     lines.append(f"| difference acc, trained phrasings (same pairs) | {ph['base_trained'] * 100:.1f}% | {ph['trained'] * 100:.1f}% |")
     lines.append(f"| difference acc, held-out phrasings (same pairs) | {ph['base_held_out'] * 100:.1f}% | {ph['held_out'] * 100:.1f}% |")
+    ab = report.get("ablation_paper_loss")
+    if ab:
+        base_row = sweep["rows"][0]
+        n = ab["note"].split(":")[1].split(" reserved")[0].strip()
+        lines.append(f"| difference acc, reserved ({n} pairs): PC-CLIP loss alone (alpha {ab['chosen_alpha']:g}) | "
+                     f"{base_row['test_difference_reserved'] * 100:.1f}% | {ab['chosen']['test_difference_reserved'] * 100:.1f}% |")
+        lines.append(f"| difference acc, reserved ({n} pairs): + attribute-direction loss (shipped) | "
+                     f"{base_row['test_difference_reserved'] * 100:.1f}% | {ab['with_probe_term']['test_difference_reserved'] * 100:.1f}% |")
+        lines.append(f"| held-out vs trained phrasings: PC-CLIP loss alone | | {ab['chosen']['phrasings_held_out'] * 100:.1f}% vs "
+                     f"{ab['chosen']['phrasings_trained'] * 100:.1f}% |")
     t = ["", "| target | met | figure |", "| --- | --- | --- |"] + [f"| {x['target']} | {'yes' if x['met'] else 'no'} | {x['figure']} |" for x in tgt]
     head = (f"Produced by `bash scripts/reproduce_default_model.sh` (config in the report; {minutes:.0f} min on this machine's CPU; "
             f"WiSE-FT alpha {sweep['chosen_alpha']:g}, chosen on validation photos; "
@@ -586,6 +681,7 @@ def reproduce(cfg: ReproduceConfig) -> dict:
     pl.image_features()
     pl.texts()
     pl.train_base()
+    ablation = pl.paper_loss_ablation() if cfg.ablation and cfg.probe_weight > 0 else None
     pl.train_pcclip()
     sweep = pl.sweep()
     calibration = pl.calibration()
@@ -617,6 +713,10 @@ def reproduce(cfg: ReproduceConfig) -> dict:
                            "base_held_out": base_ph["held_out"], "pairs": len(pl.phrasing_pairs["trained"]),
                            "note": "the same reserved-class test photo pairs and facts, phrased with a training template and with the held-out last template of each claim"}
     report["tradeoff"] = sweep
+    if ablation is not None:
+        main = next(r for r in sweep["rows"] if r["alpha"] == sweep["chosen_alpha"])
+        ablation["with_probe_term"] = main
+        report["ablation_paper_loss"] = ablation
     report["calibration"] = calibration
     report["config"] = asdict(cfg)
     tgt = targets(report, sweep)
@@ -630,7 +730,8 @@ def reproduce(cfg: ReproduceConfig) -> dict:
             pl.base_state)
     pl.save(out / "pcclip-mini.safetensors", pc_keys,
             {"model_id": "pcclip-mini", "evaluation": summary, "calibration": calibration, "wise_alpha": sweep["chosen_alpha"],
-             "train": f"PC-CLIP: last {cfg.text_layers} text layers + text head (WiSE-FT with the base)"})
+             "train": f"PC-CLIP: last {cfg.text_layers} text layers + text head, PC-CLIP loss + CLIP loss x {cfg.clip_weight:g}"
+                      f" + attribute-direction loss x {cfg.probe_weight:g} (WiSE-FT with the base)"})
     from training.evaluate import _finite
 
     report = _finite(report)

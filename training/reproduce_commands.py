@@ -14,6 +14,9 @@ def register(subparsers) -> None:
     p.add_argument("--clip-weight", type=float, default=None, help="CLIP loss weight mixed into PC-CLIP")
     p.add_argument("--short-fraction", type=float, default=None, help="share of PC-CLIP pairs phrased as a short comparative")
     p.add_argument("--pair-top-k", type=int, default=None, help="strongest claims per class pair in PC-CLIP texts (0: all)")
+    p.add_argument("--probe-weight", type=float, default=None,
+                   help="weight of the attribute-direction loss in PC-CLIP (0: the paper's loss alone)")
+    p.add_argument("--no-ablation", action="store_true", help="skip the extra PC-CLIP run with the paper's loss alone")
     p.add_argument("--max-photos-per-class", type=int, default=None, help="CUB test photos per class in the evaluation (default all)")
     p.add_argument("--no-write", action="store_true", help="leave models/weights, docs and README alone")
     p.set_defaults(handler=_run)
@@ -26,7 +29,8 @@ def _run(args) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     cfg = ReproduceConfig(out=args.out, data=args.data, write_outputs=not args.no_write)
-    for name in ("n_pairs", "pc_steps", "base_steps", "text_layers", "clip_weight", "max_photos_per_class"):
+    cfg.ablation = not args.no_ablation
+    for name in ("n_pairs", "pc_steps", "base_steps", "text_layers", "clip_weight", "probe_weight", "max_photos_per_class"):
         if getattr(args, name) is not None:
             setattr(cfg, name, getattr(args, name))
     if args.short_fraction is not None:

@@ -15,8 +15,8 @@ pl = Pipeline(cfg)
 pl.image_features()
 pl.texts()
 base_pairs = pl.pairs
-pkey = lambda v: (v.get("short_fraction", 0.0), v.get("pair_top_k", 4), v.get("n_pairs", 12000))
-pair_sets = {(0.0, 4, 12000): base_pairs}
+pkey = lambda v: (v.get("short_fraction", cfg.short_fraction), v.get("pair_top_k", cfg.pair_top_k), v.get("n_pairs", cfg.n_pairs))
+pair_sets = {pkey({}): base_pairs}
 extra = []
 for k in sorted({pkey(v) for v in variants} - set(pair_sets), key=str):
     pair_sets[k] = make_pairs(pl.train_imgs, pl.writer, k[2], random.Random(cfg.seed + 100), top_k=k[1], short_fraction=k[0])
