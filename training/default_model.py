@@ -575,19 +575,27 @@ class Pipeline:
         return path
 
 
-def plot_tradeoff(rows: list[dict], base_zero_shot: float, chosen: float, path: Path) -> Path:
+def plot_tradeoff(rows: list[dict], base_zero_shot: float, chosen: float, path: Path,
+                  paper_loss_rows: list[dict] | None = None) -> Path:
+    """Zero-shot vs difference accuracy along the WiSE-FT alphas (and, if given, the same curve of
+    the run with the paper's loss alone)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5.5, 4))
-    xs = [r["test_difference_reserved"] * 100 for r in rows]
-    ys = [r["test_zero_shot"] * 100 for r in rows]
-    ax.plot(xs, ys, "o-", label="WiSE-FT alpha (base -> PC-CLIP)")
-    for r, x, y in zip(rows, xs, ys):
-        ax.annotate(f"a={r['alpha']:g}" + (" (chosen)" if r["alpha"] == chosen else ""), (x, y), fontsize=7,
-                    textcoords="offset points", xytext=(4, 4))
+    curves = [(rows, "o-", "WiSE-FT alpha (base -> PC-CLIP, shipped)", True)]
+    if paper_loss_rows:
+        curves.append((paper_loss_rows, "s--", "the same, PC-CLIP loss alone", False))
+    for curve, style, label, annotate in curves:
+        xs = [r["test_difference_reserved"] * 100 for r in curve]
+        ys = [r["test_zero_shot"] * 100 for r in curve]
+        ax.plot(xs, ys, style, label=label)
+        for r, x, y in zip(curve, xs, ys):
+            if annotate:
+                ax.annotate(f"a={r['alpha']:g}" + (" (chosen)" if r["alpha"] == chosen else ""), (x, y), fontsize=7,
+                            textcoords="offset points", xytext=(4, 4))
     ax.axhline(base_zero_shot * 100 - 1, color="grey", ls="--", lw=0.8, label="base zero-shot - 1 point")
     ax.set_xlabel("difference classification, reserved classes (%)")
     ax.set_ylabel("zero-shot top-1, CUB test 100-way (%)")
@@ -744,7 +752,8 @@ def reproduce(cfg: ReproduceConfig) -> dict:
         shutil.copy(out / "pcclip-mini-base.safetensors", wd / "pcclip-mini-base.safetensors")
         shutil.copy(out / "pcclip-mini.safetensors", wd / "pcclip-mini.safetensors")
         docs.mkdir(parents=True, exist_ok=True)
-        plot_tradeoff(sweep["rows"], sweep["rows"][0]["test_zero_shot"], sweep["chosen_alpha"], docs / "default_model_tradeoff.png")
+        plot_tradeoff(sweep["rows"], sweep["rows"][0]["test_zero_shot"], sweep["chosen_alpha"], docs / "default_model_tradeoff.png",
+                      ablation["rows"] if ablation else None)
         shutil.copy(out / "eval" / "summary.png", docs / "default_model_summary.png")
         (docs / "default_model_report.json").write_text(json.dumps(report, indent=2))
         block = results_markdown(report, sweep, tgt, minutes, "docs/results/default_model_tradeoff.png")
