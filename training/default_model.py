@@ -7,9 +7,11 @@
    a batch, captions from the class name and its attributes) and COCO photos with their captions;
    the image head (MLP), text head and logit scale train;
 3. PC-CLIP: the PC-CLIP loss on attribute difference texts of non-reserved training photos (some
-   phrasings held out), the CLIP loss mixed in, the last N text layers and the text head train;
-   WiSE-FT interpolation with the base, alpha chosen on validation photos (held-out training
-   photos of seen classes) as the largest whose zero-shot stays within `max_zero_shot_drop`;
+   phrasings held out), the CLIP loss and the attribute-direction loss (`AttributeProbe`, our
+   addition) mixed in, the last N text layers and the text head train; WiSE-FT interpolation with
+   the base, alpha chosen on validation photos (held-out training photos of seen classes) as the
+   largest whose zero-shot stays within `max_zero_shot_drop`; the same stage with the paper's loss
+   alone is trained first, for the report (`ablation`);
 4. `pcclip eval` of both, the trade-off curve, calibration of compare probabilities, the
    weights with the evaluation summary in their metadata, and the README results table.
 Reserved classes (`training/splits/cub100_reserved.txt`) are never seen by either training.
