@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from training import losses
+from training.attribute_probe import AttributeProbe, fact_key
 
 log = logging.getLogger(__name__)
 
@@ -200,62 +201,6 @@ def make_pairs(images_by_class: dict, writer, n: int, rng: random.Random, top_k:
         out.append({"image_a": rng.choice(images_by_class[a]), "image_b": rng.choice(images_by_class[b]),
                     "text": text, "group": d.group, "class_a": a, "class_b": b, "fact": fact_key(d)})
     return out
-
-
-def fact_key(d) -> tuple:
-    """What a difference states, whatever its phrasing: (kind, attributes, direction)."""
-    return (d.kind, tuple(d.attributes), int(d.direction), d.other_attribute)
-
-
-def attribute_targets(table, classes: list[str]) -> tuple[list[str], np.ndarray]:
-    """The regression targets of each class: every table column (percent), then the ordinal size
-    and bill-length scores (x 100; a class without them gets the middle of the scale)."""
-    from training.data import size_score
-    from training.pairs.attributes import BILL_LENGTH_ORDER
-
-    columns = sorted(table.row(classes[0]).keys())
-    out = []
-    for c in classes:
-        r = table.row(c)
-        bill = np.array([r[x] for x in BILL_LENGTH_ORDER], dtype=np.float64)
-        bill_score = float((bill * np.arange(1, 4)).sum() / bill.sum()) if bill.sum() > 0 else 2.0
-        size = size_score(table, c)
-        out.append([r[x] for x in columns] + [100 * (size if size == size else 3.0), 100 * bill_score])
-    return columns + ["size", "bill length"], np.nan_to_num(np.array(out, dtype=np.float64))
-
-
-class AttributeProbe:
-    """Linear attribute probe on image embeddings, and the direction in embedding space of each fact.
-
-    A ridge regression from normalised image embeddings of seen-class training photos to their
-    class's attribute row (every table column, plus the ordinal size and bill-length scores) gives
-    one weight vector per attribute. The direction of a fact is the weight vector of its measure
-    (the difference of two vectors for "X vs Y" claims), signed by the claim's direction, so
-    `direction . (g(I1) - g(I2)) > 0` is the probe's prediction that the fact holds for (I1, I2).
-    """
-
-    def __init__(self, table, embeddings: np.ndarray, classes: list[str], ridge: float = 1.0):
-        from sklearn.linear_model import Ridge
-
-        self.columns, rows = attribute_targets(table, sorted(set(classes)))
-        index = {c: i for i, c in enumerate(sorted(set(classes)))}
-        fit = Ridge(alpha=ridge).fit(embeddings, rows[[index[c] for c in classes]])
-        self.weights = fit.coef_  # [columns, D]
-        self.index = {c: i for i, c in enumerate(self.columns)}
-
-    def direction(self, fact: tuple) -> np.ndarray:
-        """Unit vector of a fact (see `fact_key`) in image-embedding space."""
-        kind, attributes, sign, other = fact
-        w, i = self.weights, self.index
-        if kind == "size":
-            v = sign * w[i["size"]]
-        elif kind == "bill length":
-            v = sign * w[i["bill length"]]
-        elif other is not None:
-            v = w[i[attributes[0]]] - w[i[other]]
-        else:
-            v = sign * w[i[attributes[0]]]
-        return v / max(np.linalg.norm(v), 1e-12)
 
 
 def eval_phrasing_pairs(photos_by_class: dict, writer, n: int, seed: int) -> dict[str, list[dict]]:
@@ -490,7 +435,7 @@ class Pipeline:
             loss = losses.pc_clip_loss(t, ia, ib, cfg.pc_scale)
             if cfg.probe_weight > 0:
                 target = fact_dirs[torch.tensor([fact_index[p["fact"]] for p in batch])]
-                loss = loss + cfg.probe_weight * (1 - (F.normalize(t, dim=-1) * target).sum(-1)).mean()
+                loss = loss + cfg.probe_weight * losses.attribute_direction_loss(t, target)
             if cfg.clip_weight > 0:
                 cb = rng.sample(classes, min(cfg.base_batch, len(classes)))
                 photos = [rng.choice(self.train_imgs[c]) for c in cb]

@@ -37,6 +37,11 @@ def clip_loss(image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor
     return symmetric_info_nce(F.normalize(image, dim=-1), F.normalize(text, dim=-1), logit_scale)
 
 
+def attribute_direction_loss(text: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
+    """Mean of 1 - cos(f(T), direction of T's fact) (`training.attribute_probe`); directions unit [N, D]."""
+    return (1 - (F.normalize(text, dim=-1) * directions).sum(-1)).mean()
+
+
 def combined_loss(
     pc: torch.Tensor | None, clip: torch.Tensor | None, clip_weight: float
 ) -> torch.Tensor:

@@ -26,6 +26,7 @@ _FLAGS = {
     "--temperature": ("temperature", dict(type=lambda v: v if v == "model" else float(v), help="temperature T (logit scale 1/T): fixed, or the start of a learned one (pc-clip preset: 1, as the official code; base preset and 'model': the model's logit scale)")),
     "--learn-temperature": ("learn_temperature", dict(action="store_const", const=True, help="learn the logit scale")),
     "--clip-weight": ("clip_weight", dict(type=float, help="weight of the CLIP loss on image-caption pairs mixed into PC-CLIP")),
+    "--probe-weight": ("probe_weight", dict(type=float, help="weight of the attribute-direction loss (training.attribute_probe; needs attribute-writer pairs of CUB photos; 0 = off)")),
     "--wise-alpha": ("wise_alpha", dict(type=float, help="WiSE-FT: saved weights = alpha * finetuned + (1 - alpha) * base (1 = off)")),
     "--epochs": ("epochs", dict(type=int)),
     "--max-steps": ("max_steps", dict(type=int, help="stop after this many optimizer steps")),

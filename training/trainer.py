@@ -86,6 +86,8 @@ class TrainConfig:
     cache_dir: str = ""
     save_every: int = 0
     feature_batch_size: int = 32
+    probe_weight: float = 0.0  # attribute-direction loss (training.attribute_probe; attribute-writer pairs, CUB)
+    probe_ridge: float = 1.0
 
     def parts(self) -> list[str]:
         parts = parse_parts(self.train)
@@ -189,25 +191,32 @@ def caption_batch(step: int, n: int, batch: int, seed: int, dist_info: DistInfo)
 class Objective(nn.Module):
     """Loss of one batch: PC-CLIP on pairs and/or CLIP on captions, from cached image features."""
 
-    def __init__(self, model, image_head, embed_texts, scale_fn, clip_weight: float):
+    def __init__(self, model, image_head, embed_texts, scale_fn, clip_weight: float, probe_weight: float = 0.0):
         super().__init__()
         self.model = model
         self.image_head = image_head
         self.embed_texts = embed_texts
         self.scale_fn = scale_fn
         self.clip_weight = clip_weight
+        self.probe_weight = probe_weight
 
-    def forward(self, pair_batch=None, caption_batch=None):
+    def forward(self, pair_batch=None, caption_batch=None, pair_directions=None):
+        """(total, pc, clip, probe) losses; `pair_directions` [B, D]: the facts' directions of the pair texts."""
         scale = self.scale_fn()
-        pc = clip = None
+        pc = clip = probe = None
         if pair_batch is not None:
             feats_a, feats_b, text_idx = pair_batch
-            pc = losses.pc_clip_loss(self.embed_texts(text_idx), self.image_head(feats_a), self.image_head(feats_b), scale)
+            texts = self.embed_texts(text_idx)
+            pc = losses.pc_clip_loss(texts, self.image_head(feats_a), self.image_head(feats_b), scale)
+            if pair_directions is not None and self.probe_weight > 0:
+                probe = losses.attribute_direction_loss(texts, pair_directions)
         if caption_batch is not None:
             feats, text_idx = caption_batch
             clip = losses.clip_loss(self.image_head(feats), self.embed_texts(text_idx), scale)
         total = losses.combined_loss(pc, clip, self.clip_weight)
-        return total, pc, clip
+        if probe is not None:
+            total = total + self.probe_weight * probe
+        return total, pc, clip, probe
 
 
 # -- the trainer ------------------------------------------------------------------------------------
@@ -237,6 +246,7 @@ class Trainer:
         self.model.to(self.device)
         self._load_data()
         self._prepare_features()
+        self.pair_directions = self._fit_attribute_probe() if cfg.probe_weight > 0 else None
 
     # data ----------------------------------------------------------------------------------------
     def _load_data(self) -> None:
@@ -297,6 +307,35 @@ class Trainer:
                 chunks = [tsplit.features(batch_ids(torch.arange(i, min(i + 256, len(ids))))) for i in range(0, len(ids), 256)]
             tfeats = torch.cat(chunks) if chunks else torch.zeros((0, 1), device=self.device)
             self.embed_texts = lambda idx: tsplit.head(tfeats[idx])
+
+    def _fit_attribute_probe(self) -> torch.Tensor:
+        """The direction of each pair text's fact [pairs, D] (`training.attribute_probe`), from a ridge
+        probe of the starting model's image embeddings of the pairs' photos on the CUB attribute table."""
+        import torch.nn.functional as F
+
+        from training.attribute_probe import AttributeProbe, fact_from_source
+        from training.data import AttributeTable
+
+        facts = [fact_from_source(r.source) for r in self.pairs]
+        if not self.pairs or any(f is None for f in facts):
+            raise ValueError("--probe-weight needs attribute-writer pairs (`pcclip pairs --writer attributes`): "
+                             "their records say which fact each text states")
+        table = AttributeTable.from_cub(self.root)
+        photo_class: dict[int, str] = {}
+        for r, row in zip(self.pairs, self.pair_index.tolist()):
+            photo_class[row[0]], photo_class[row[1]] = r.class_a, r.class_b
+        unknown = sorted({c for c in photo_class.values() if c is None or not table.has_class(c)}, key=str)
+        if unknown:
+            raise ValueError(f"--probe-weight: classes not in the CUB attribute table: {unknown[:3]}")
+        photos = sorted(photo_class)
+        with torch.no_grad():
+            emb = F.normalize(self.image_head(self.image_feats[photos]).float(), dim=-1).cpu().numpy()
+        probe = AttributeProbe(table, emb, [photo_class[i] for i in photos], self.cfg.probe_ridge)
+        unique = sorted(set(facts), key=repr)
+        directions = torch.from_numpy(np.stack([probe.direction(f) for f in unique])).float()
+        index = {f: i for i, f in enumerate(unique)}
+        log.info("attribute probe: %d photos, %d facts", len(photos), len(unique))
+        return directions[torch.tensor([index[f] for f in facts])].to(self.device)
 
     def _scale(self):
         if "logit-scale" in self.parts:
@@ -382,7 +421,7 @@ class Trainer:
         optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                                        {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, cfg.warmup_steps, total))
-        objective = Objective(self.model, self.image_head, self.embed_texts, self._scale, cfg.clip_weight)
+        objective = Objective(self.model, self.image_head, self.embed_texts, self._scale, cfg.clip_weight, cfg.probe_weight)
         if dist_info.enabled:
             from torch.nn.parallel import DistributedDataParallel
 
@@ -416,9 +455,11 @@ class Trainer:
                 if step >= total:
                     break
                 idx = torch.tensor(idx, dtype=torch.long)
-                pair_batch = caption_batch_ = None
+                pair_batch = caption_batch_ = directions = None
                 if pairs_primary:
                     rows = self.pair_index[idx]
+                    if self.pair_directions is not None:
+                        directions = self.pair_directions[idx.to(self.pair_directions.device)]
                     pair_batch = (self.image_feats[rows[:, 0]], self.image_feats[rows[:, 1]], rows[:, 2].to(self.device))
                     if mix_captions:
                         crows = self.caption_index[caption_batch(step, len(self.captions), cap_batch, cfg.seed, dist_info)]
@@ -426,7 +467,7 @@ class Trainer:
                 else:
                     rows = self.caption_index[idx]
                     caption_batch_ = (self.image_feats[rows[:, 0]], rows[:, 1].to(self.device))
-                loss, pc, clip = objective(pair_batch, caption_batch_)
+                loss, pc, clip, probe = objective(pair_batch, caption_batch_, directions)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip) if cfg.grad_clip > 0 else None
@@ -442,6 +483,7 @@ class Trainer:
                 if dist_info.is_main:
                     self._log({"event": "step", "step": step, "epoch": epoch, "loss": loss.item(),
                                "pc_loss": None if pc is None else pc.item(), "clip_loss": None if clip is None else clip.item(),
+                               "probe_loss": None if probe is None else probe.item(),
                                "lr": scheduler.get_last_lr()[0], "logit_scale": self.model.logit_scale.exp().item(),
                                "grad_norm": None if grad_norm is None else float(grad_norm)})
                     if cfg.save_every and step % cfg.save_every == 0 and step < total:

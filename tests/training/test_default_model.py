@@ -113,39 +113,3 @@ def test_short_fraction_phrases_that_share_of_training_pairs_short(writer):
     assert not [p for p in long_only if "first" not in p["text"].lower() and "second" not in p["text"].lower()]
     assert 0.25 < len(short) / len(mixed) < 0.6  # shapes have no short form
     assert {"a larger bird", "a smaller bird"} & {p["text"] for p in short}
-
-
-def test_attribute_probe_directions_order_pairs_as_the_facts_say(writer):
-    """Embeddings that are a noisy linear image of the attribute rows: each fact's probe direction
-    must put the two classes in the order the fact states."""
-    import numpy as np
-
-    from training.default_model import AttributeProbe, attribute_targets, fact_key
-
-    table = writer.table
-    classes = sorted(table.classes)[:60]
-    rng = np.random.default_rng(0)
-    columns, rows = attribute_targets(table, classes)
-    rows[:, columns.index("bill length")] = 0  # bill-length facts are left out below
-    mix = rng.normal(size=(len(columns), 96)) / 10
-    photos = [(c, rows[i] @ mix + rng.normal(scale=2.0, size=96)) for i, c in enumerate(classes) for _ in range(8)]
-    probe = AttributeProbe(table, np.stack([e for _, e in photos]), [c for c, _ in photos], ridge=1.0)
-    centroid = {c: np.mean([e for k, e in photos if k == c], axis=0) for c in classes}
-    right: dict[str, int] = {}
-    n: dict[str, int] = {}
-    pick = random.Random(0)
-    for _ in range(150):
-        a, b = pick.sample(classes, 2)
-        for d in writer.describe(a, b):
-            if d.kind == "bill length":
-                continue
-            key = fact_key(d)
-            v = probe.direction(key)
-            assert abs(np.linalg.norm(v) - 1) < 1e-6
-            gap = centroid[a] - centroid[b]
-            n[d.group] = n.get(d.group, 0) + 1
-            right[d.group] = right.get(d.group, 0) + int(v @ gap > 0)
-    assert {"size", "colour", "pattern"} <= set(n)
-    assert sum(n.values()) > 300
-    for group in n:  # a sign or column mix-up in `direction` drops a group to about 0.5 or below
-        assert right[group] / n[group] > 0.9, (group, right[group], n[group])

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from training.losses import clip_loss, combined_loss, pair_difference, pc_clip_loss
+from training.losses import attribute_direction_loss, clip_loss, combined_loss, pair_difference, pc_clip_loss
 
 
 def test_pc_clip_loss_hand_computed_case():
@@ -40,3 +40,10 @@ def test_combined_loss():
     assert combined_loss(pc, None, 0.5).item() == pytest.approx(1.0)
     with pytest.raises(ValueError):
         combined_loss(None, None, 1.0)
+
+
+def test_attribute_direction_loss_is_one_minus_cosine():
+    d = torch.eye(3)
+    assert attribute_direction_loss(d * 7, d).item() == pytest.approx(0.0, abs=1e-6)  # scale of f(T) does not matter
+    assert attribute_direction_loss(-d, d).item() == pytest.approx(2.0)
+    assert attribute_direction_loss(d.roll(1, dims=0), d).item() == pytest.approx(1.0)

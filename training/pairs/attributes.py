@@ -50,9 +50,12 @@ class Difference:
 
     def source(self) -> dict:
         """Provenance for a pair record."""
-        return {"group": self.group, "kind": self.kind, "attributes": list(self.attributes),
-                "value_a": round(self.value_a, 2), "value_b": round(self.value_b, 2),
-                "direction": self.direction, "template": self.template}
+        out = {"group": self.group, "kind": self.kind, "attributes": list(self.attributes),
+               "value_a": round(self.value_a, 2), "value_b": round(self.value_b, 2),
+               "direction": self.direction, "template": self.template}
+        if self.other_attribute is not None:
+            out["other_attribute"] = self.other_attribute
+        return out
 
 
 class NoDifference(ValueError):
