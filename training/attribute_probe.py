@@ -77,3 +77,8 @@ class AttributeProbe:
         else:
             v = sign * w[i[attributes[0]]]
         return v / max(np.linalg.norm(v), 1e-12)
+
+    def directions(self, facts: list[tuple]) -> np.ndarray:
+        """`direction` of each fact [len(facts), D] (float32), each distinct fact computed once."""
+        unique = {f: self.direction(f) for f in dict.fromkeys(facts)}
+        return np.stack([unique[f] for f in facts]).astype(np.float32)

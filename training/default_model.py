@@ -25,7 +25,7 @@ import logging
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -271,9 +271,6 @@ class Pipeline:
         self.coco = load_coco_captions(self.root, "train") + load_coco_captions(self.root, "test")
         k = cfg.max_photos_per_class
         self.test_photos = {c: [im.path for im in self.cub.images_of(c, "test")][:k] for c in self.cub.classes}
-        from models.checkpoints import state_fingerprint
-
-        self.fingerprint = state_fingerprint(self.model)
 
     def log(self, msg: str) -> None:
         tqdm.write(f"[{time.time() - self.t0:6.0f}s] {msg}")
@@ -283,7 +280,6 @@ class Pipeline:
         from training.features import ImageFeatureCache, default_cache_dir, image_cache_key
 
         # every photo but the reserved classes' training photos (no step reads those)
-        k = self.cfg.max_photos_per_class
         test = {p for ps in self.test_photos.values() for p in ps}
         paths = sorted({im.path for im in self.cub.images if im.is_train and im.class_name not in self.reserved}
                        | test | {c.path for c in self.coco})
@@ -320,7 +316,6 @@ class Pipeline:
                      + [t for _, t, _ in RANK_ATTRIBUTES])
         self.tail = LastLayersText(self.model, cfg.text_layers)
         self.text = TextTable(self.loaded, self.tail, all_texts)
-        self.prompts = prompts
         self.log(f"{len(self.text.texts)} texts, {len(self.pairs)} training pairs")
 
     # embedding helpers ---------------------------------------------------------------------------
@@ -418,10 +413,10 @@ class Pipeline:
         if cfg.probe_weight > 0:
             photos = [(c, p) for c in classes for p in self.train_imgs[c]]
             x = F.normalize(emb[torch.tensor([self.pindex[p] for _, p in photos])], dim=-1).numpy()
-            self.probe = AttributeProbe(self.table, x, [c for c, _ in photos], cfg.probe_ridge)
+            probe = AttributeProbe(self.table, x, [c for c, _ in photos], cfg.probe_ridge)
             facts = sorted({p["fact"] for p in self.pairs}, key=repr)
             fact_index = {f: i for i, f in enumerate(facts)}
-            fact_dirs = torch.from_numpy(np.stack([self.probe.direction(f) for f in facts])).float()
+            fact_dirs = torch.from_numpy(probe.directions(facts))
         for blk in list(m.text.blocks)[self.tail.first_trainable:]:
             blk.train()
         for step in tqdm(range(cfg.pc_steps), desc=f"PC-CLIP (last {cfg.text_layers} text layers + head)", unit="step"):
@@ -465,6 +460,7 @@ class Pipeline:
             self.model.load_state_dict(self.base_state)
         chosen = next(r for r in sweep["rows"] if r["alpha"] == sweep["chosen_alpha"])
         return {"probe_weight": 0.0, "chosen_alpha": sweep["chosen_alpha"], "chosen": chosen, "rows": sweep["rows"],
+                "test_pairs": len(self.test_pairs),
                 "note": f"in-pipeline figures: {len(self.test_pairs)} reserved-class test pairs, "
                         f"{len(self.phrasing_pairs['trained'])} phrasing pairs"}
 
@@ -474,7 +470,6 @@ class Pipeline:
 
     def sweep(self) -> dict:
         """WiSE-FT alphas: validation (seen classes, for the choice) and test (the curve) metrics."""
-        reserved_test = {c: v for c, v in self.test_photos.items() if c in self.reserved}
         rows = []
         for alpha in tqdm(self.cfg.alphas, desc="WiSE-FT sweep", unit="alpha"):
             self.set_alpha(alpha)
@@ -489,7 +484,6 @@ class Pipeline:
         ok = [r for r in rows if r["val_zero_shot"] >= base["val_zero_shot"] - self.cfg.max_zero_shot_drop]
         best = max(ok, key=lambda r: (r["val_difference"], -r["alpha"]))
         self.set_alpha(best["alpha"])
-        self.pc_state_final = {k: self.model.state_dict()[k].clone() for k in self.pc_keys}
         return {"rows": rows, "chosen_alpha": best["alpha"],
                 "rule": f"largest validation difference accuracy with validation zero-shot >= base - {self.cfg.max_zero_shot_drop}"}
 
@@ -588,22 +582,23 @@ def results_markdown(report: dict, sweep: dict, tgt: list[dict], minutes: float,
     rows = [("difference classification, reserved classes", "difference acc"), ("rank by attribute, mean Spearman", "rank spearman"),
             ("zero-shot top-1, CUB test 100-way", "zero-shot all"), ("zero-shot top-1, reserved classes (20-way)", "zero-shot reserved"),
             ("confused pairs, without hints", "hinted w/o hints"), ("confused pairs, with comparative hints", "hinted with hints")]
-    fmt = lambda v: "n/a" if v is None else (f"{v:.3f}" if "Spearman" in label else f"{v * 100:.1f}%")  # noqa: E731
+    def fmt(v, spearman: bool) -> str:
+        return "n/a" if v is None else (f"{v:.3f}" if spearman else f"{v * 100:.1f}%")
+
     lines = ["| task | base | PC-CLIP |", "| --- | --- | --- |"]
     for label, key in rows:
-        lines.append(f"| {label} | {fmt(s['base'][key])} | {fmt(s['pcclip'][key])} |")
+        sp = "Spearman" in label
+        lines.append(f"| {label} | {fmt(s['base'][key], sp)} | {fmt(s['pcclip'][key], sp)} |")
     r = report["rank_by_attribute"]
     for text, v in r["pcclip"]["per_attribute"].items():
-        label = f"Spearman, \"{text}\""
-        lines.append(f"| {label} | {fmt(r['base']['per_attribute'][text]['spearman'])} | {fmt(v['spearman'])} |")
+        lines.append(f"| Spearman, \"{text}\" | {fmt(r['base']['per_attribute'][text]['spearman'], True)} | {fmt(v['spearman'], True)} |")
     ph = report["phrasings"]
-    label = "x"
     lines.append(f"| difference acc, trained phrasings (same pairs) | {ph['base_trained'] * 100:.1f}% | {ph['trained'] * 100:.1f}% |")
     lines.append(f"| difference acc, held-out phrasings (same pairs) | {ph['base_held_out'] * 100:.1f}% | {ph['held_out'] * 100:.1f}% |")
     ab = report.get("ablation_paper_loss")
     if ab:
         base_row = sweep["rows"][0]
-        n = ab["note"].split(":")[1].split(" reserved")[0].strip()
+        n = ab["test_pairs"]
         lines.append(f"| difference acc, reserved ({n} pairs): PC-CLIP loss alone (alpha {ab['chosen_alpha']:g}) | "
                      f"{base_row['test_difference_reserved'] * 100:.1f}% | {ab['chosen']['test_difference_reserved'] * 100:.1f}% |")
         lines.append(f"| difference acc, reserved ({n} pairs): + attribute-direction loss (shipped) | "

@@ -331,11 +331,8 @@ class Trainer:
         with torch.no_grad():
             emb = F.normalize(self.image_head(self.image_feats[photos]).float(), dim=-1).cpu().numpy()
         probe = AttributeProbe(table, emb, [photo_class[i] for i in photos], self.cfg.probe_ridge)
-        unique = sorted(set(facts), key=repr)
-        directions = torch.from_numpy(np.stack([probe.direction(f) for f in unique])).float()
-        index = {f: i for i, f in enumerate(unique)}
-        log.info("attribute probe: %d photos, %d facts", len(photos), len(unique))
-        return directions[torch.tensor([index[f] for f in facts])].to(self.device)
+        log.info("attribute probe: %d photos, %d facts", len(photos), len(set(facts)))
+        return torch.from_numpy(probe.directions(facts)).to(self.device)
 
     def _scale(self):
         if "logit-scale" in self.parts:

@@ -49,3 +49,27 @@ def tiny_captions(data_dir, tmp_path_factory) -> Path:
             for k, p in enumerate(paths):
                 f.write(json.dumps({"image": p, "caption": f"a photo of a {c.replace('_', ' ').lower()} number {k}."}) + "\n")
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_attribute_pairs(data_dir, tmp_path_factory) -> Path:
+    """48 attribute-writer pair records over the same 18 photos: true texts, with their facts in `source`."""
+    from training.data import AttributeTable
+    from training.pairs.attributes import AttributeWriter
+
+    photos = _photos(data_dir)
+    writer = AttributeWriter(AttributeTable.from_cub(data_dir), noun="bird")
+    rng = random.Random(1)
+    path = tmp_path_factory.mktemp("pairs") / "attribute_pairs.jsonl"
+    with open(path, "w") as f:
+        n = 0
+        while n < 48:
+            a, b = rng.sample(sorted(photos), 2)
+            diffs = writer.describe(a, b, rng=rng)
+            if not diffs:
+                continue
+            d = rng.choice(diffs)
+            f.write(json.dumps({"image_a": rng.choice(photos[a]), "image_b": rng.choice(photos[b]), "text": d.text,
+                                "writer": "attributes", "class_a": a, "class_b": b, "source": d.source()}) + "\n")
+            n += 1
+    return path

@@ -224,31 +224,10 @@ def test_bad_input_is_a_clear_error(tmp_path, tiny_pairs, capsys):
     assert "attribute-writer pairs" in capsys.readouterr().err
 
 
-def test_attribute_direction_loss_is_mixed_in_and_falls(tmp_path, data_dir):
+def test_attribute_direction_loss_is_mixed_in_and_falls(tmp_path, tiny_attribute_pairs):
     """Attribute-writer pairs of a few real photos: the run logs loss = pc + w * probe, and the text
     embeddings move towards their facts' directions."""
-    import random
-
-    from training.data import AttributeTable
-    from training.pairs.attributes import AttributeWriter
-    from tests.training.conftest import _photos
-
-    photos = _photos(data_dir)
-    writer = AttributeWriter(AttributeTable.from_cub(data_dir), noun="bird")
-    rng = random.Random(1)
-    path = tmp_path / "attr.jsonl"
-    with open(path, "w") as f:
-        n = 0
-        while n < 48:
-            a, b = rng.sample(sorted(photos), 2)
-            diffs = writer.describe(a, b, rng=rng)
-            if not diffs:
-                continue
-            d = rng.choice(diffs)
-            f.write(json.dumps({"image_a": rng.choice(photos[a]), "image_b": rng.choice(photos[b]), "text": d.text,
-                                "writer": "attributes", "class_a": a, "class_b": b, "source": d.source()}) + "\n")
-            n += 1
-    cfg = _cfg(tmp_path, path, "probe", model="pcclip-mini:base", probe_weight=5.0, epochs=4,
+    cfg = _cfg(tmp_path, tiny_attribute_pairs, "probe", model="pcclip-mini:base", probe_weight=5.0, epochs=4,
                temperature=0.05, lr=1e-3, train="text-last:1")
     train(cfg)
     steps = [json.loads(line) for line in (tmp_path / "probe" / "metrics.jsonl").read_text().splitlines()]
