@@ -1,0 +1,173 @@
+"""What the routers share, passed explicitly: the service state (a FastAPI dependency) and input checks.
+
+Every router takes `svc: Service` (the `ServiceState` kept in `app.state.svc` by `create_app`) and
+uses the helpers below with it; nothing is captured from a closure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+from dataclasses import dataclass
+from typing import Annotated
+
+import numpy as np
+from fastapi import Depends, Request
+
+from models.difference import DEFAULT_ALPHA, DEFAULT_TEMPLATES, Hint, class_embeddings, comparative_prompting
+from models.encoders import Encoder
+from models.images import ImageDecodeError
+from service import schemas
+from service.errors import ApiError
+from service.inference import InferenceEngine
+from service.metrics import ServiceMetrics
+from service.settings import Settings
+from service.stores import STORE_NAME, ClassStore, StoreRegistry
+
+DEFAULT_TOP_K = 5
+
+
+@dataclass
+class ServiceState:
+    """What the routes share: settings, metrics, and (once loaded) the encoder, engine and stores."""
+
+    settings: Settings
+    metrics: ServiceMetrics
+    encoder: Encoder | None = None
+    engine: InferenceEngine | None = None
+    stores: StoreRegistry | None = None
+    loaded_at: float | None = None
+
+
+def get_service(request: Request) -> ServiceState:
+    """The app's `ServiceState` (FastAPI dependency)."""
+    return request.app.state.svc
+
+
+Service = Annotated[ServiceState, Depends(get_service)]
+
+
+# -- input checks -------------------------------------------------------------------------------
+def image_bytes(value: str, field: str, index: int | None, max_bytes: int) -> bytes:
+    """A request's image string (base64 or data URI) -> the file's bytes, or a 4xx ApiError."""
+    if not isinstance(value, str) or not value.strip():
+        raise ApiError(422, "invalid_image", "image is empty", field, index)
+    text = value.strip()
+    if text[:8].lower().startswith(("http://", "https://", "ftp://", "file:/")):
+        raise ApiError(422, "image_url_not_supported", "image URLs are not fetched: send the file as base64 or a data URI", field, index)
+    if text[:5].lower() == "data:":
+        header, sep, text = text.partition(",")
+        if not sep or ";base64" not in header.lower():
+            raise ApiError(422, "invalid_data_uri", "a data URI must look like data:image/png;base64,...", field, index)
+    text = "".join(text.split())
+    if len(text) * 3 // 4 > max_bytes + 3:
+        raise ApiError(413, "image_too_large", f"image is larger than the limit of {max_bytes} bytes", field, index)
+    try:
+        data = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        try:
+            data = base64.urlsafe_b64decode(text) if set(text) & set("-_") else None
+        except (binascii.Error, ValueError):
+            data = None
+        if data is None:
+            raise ApiError(422, "invalid_base64", "image is not valid base64 (nor a base64 data URI)", field, index) from None
+    if not data:
+        raise ApiError(422, "invalid_image", "image is empty", field, index)
+    if len(data) > max_bytes:
+        raise ApiError(413, "image_too_large", f"image is {len(data)} bytes, more than the limit of {max_bytes}", field, index)
+    return data
+
+
+def check_count(items: list, what: str, limit: int) -> None:
+    """422 `too_many_items` when a list is longer than its limit."""
+    if len(items) > limit:
+        raise ApiError(422, "too_many_items", f"{len(items)} {what}, more than the limit of {limit} per request", what)
+
+
+def check_texts(svc: ServiceState, texts: list[str], field_name: str) -> None:
+    """422 `text_too_long` for a text over `settings.max_text_chars`."""
+    limit = svc.settings.max_text_chars
+    for i, text in enumerate(texts):
+        if len(text) > limit:
+            raise ApiError(422, "text_too_long", f"text has {len(text)} characters, more than the limit of {limit}", field_name, i)
+
+
+def check_store_name(name: str, field: str) -> None:
+    """422 `invalid_store_name` unless `name` is a valid store name."""
+    if not STORE_NAME.match(name):
+        raise ApiError(422, "invalid_store_name", "store names are 1-128 characters of letters, digits, '_', '.', '-'", field)
+
+
+def top_k_of(top_k: int | None, n: int, default: int | None) -> int:
+    """The number of results to return: `top_k`, else `default`, else all; within 1..n."""
+    k = top_k if top_k is not None else (default or n)
+    return max(1, min(int(k), n))
+
+
+# -- embedding and class helpers ----------------------------------------------------------------
+async def embed_image_strings(svc: ServiceState, values: list[str], fields: list[str] | str, indexed: bool = True) -> np.ndarray:
+    """Base64 / data-URI images -> normalised embeddings; errors name the field (and index when `indexed`)."""
+    names = fields if isinstance(fields, list) else [fields] * len(values)
+    data = [image_bytes(v, names[i], i if indexed else None, svc.settings.max_image_bytes) for i, v in enumerate(values)]
+    try:
+        return await svc.engine.embed_images(data)
+    except ImageDecodeError as err:
+        err.field = names[err.index] if err.index is not None else names[0]
+        if not indexed:
+            err.index = None
+        raise
+
+
+async def build_classes(
+    svc: ServiceState, classes: list[str], templates: list[str] | None, hints: list[schemas.Hint] | None, alpha: float | None
+) -> tuple[np.ndarray, list[str], list[Hint], float]:
+    """Checked class embeddings [C, D] with templates, comparative-prompting hints and alpha applied."""
+    settings = svc.settings
+    check_count(classes, "classes", settings.max_classes)
+    check_texts(svc, classes, "classes")
+    if len(set(classes)) != len(classes):
+        raise ApiError(422, "duplicate_class", "class names must be distinct", "classes")
+    templates = list(templates) if templates else list(DEFAULT_TEMPLATES)
+    check_count(templates, "templates", settings.max_templates)
+    check_texts(svc, templates, "templates")
+    for i, t in enumerate(templates):
+        try:
+            t.format("x")
+        except (IndexError, KeyError, ValueError):
+            raise ApiError(422, "invalid_template", "a template may contain one '{}' where the class name goes (and no other braces)", "templates", i) from None
+    hint_objs = [Hint(h.a, h.b, h.text) for h in hints or []]
+    check_count(hint_objs, "hints", settings.max_classes)
+    known = set(classes)
+    for i, h in enumerate(hint_objs):
+        for name in (h.a, h.b):
+            if name not in known:
+                raise ApiError(422, "unknown_hint_class", f"hint names class {name!r}, which is not among the classes", "hints", i)
+        if len(h.text) > settings.max_text_chars:
+            raise ApiError(422, "text_too_long", f"hint text is longer than {settings.max_text_chars} characters", "hints", i)
+    alpha = DEFAULT_ALPHA if alpha is None else float(alpha)
+    loop = asyncio.get_running_loop()
+
+    def encode_via_engine(texts: list[str]) -> np.ndarray:  # runs in a worker thread
+        # in pieces of one batch: a class set larger than the queue limit must not be refused as "overloaded"
+        step = settings.max_batch_size
+        parts = [asyncio.run_coroutine_threadsafe(svc.engine.embed_texts(list(texts[i : i + step])), loop).result()
+                 for i in range(0, len(texts), step)]
+        return np.concatenate(parts) if parts else np.zeros((0, svc.encoder.dim), dtype=np.float32)
+
+    def compute() -> np.ndarray:
+        w = class_embeddings(classes, encode_via_engine, templates)
+        if hint_objs:
+            w = comparative_prompting(classes, w, hint_objs, encode_via_engine([h.text for h in hint_objs]), alpha=alpha)
+        return w
+
+    return await asyncio.to_thread(compute), templates, hint_objs, alpha
+
+
+async def get_store(svc: ServiceState, name: str) -> ClassStore:
+    """The class store `name` of the served model, or 422 (bad name) / 404 (none) / 503 (Redis down)."""
+    check_store_name(name, "store")
+    store = await svc.stores.get(name)
+    if store is None:
+        raise ApiError(404, "store_not_found", f"no class store named {name!r} for model {svc.encoder.model_id}", "store")
+    return store

@@ -1,0 +1,62 @@
+"""Difference routes: rank images by an attribute, compare two images, explain how they differ."""
+
+from __future__ import annotations
+
+import numpy as np
+from fastapi import APIRouter
+
+from models.difference import attribute_scores, compare, compare_probability
+from service import schemas
+from service.dependencies import DEFAULT_TOP_K, Service, check_count, check_texts, embed_image_strings, top_k_of
+from service.errors import ApiError
+from service.vocabulary import difference_vocabulary
+
+router = APIRouter(tags=["differences"])
+
+
+@router.post("/v1/rank", response_model=schemas.RankResponse)
+async def rank(req: schemas.RankRequest, svc: Service):
+    """Images ordered by how much they have the attribute, highest score first (scores: cos(f(T), n(g(I))))."""
+    check_count(req.images, "images", svc.settings.max_items)
+    check_texts(svc, [req.attribute], "attribute")
+    images = await embed_image_strings(svc, req.images, "images")
+    text = (await svc.engine.embed_texts([req.attribute]))[0]
+    scores = attribute_scores(images, text)
+    order = np.argsort(-scores, kind="stable")[: top_k_of(req.top_k, len(scores), None)]
+    return schemas.RankResponse(
+        model=svc.encoder.model_id, attribute=req.attribute,
+        ranking=[schemas.RankItem(index=int(i), score=float(scores[i])) for i in order],
+    )
+
+
+@router.post("/v1/compare", response_model=schemas.CompareResponse)
+async def compare_images(req: schemas.CompareRequest, svc: Service):
+    """Does `difference` describe how image a differs from image b? score = cos(f(T), d(a, b))."""
+    check_texts(svc, [req.difference], "difference")
+    pair = await embed_image_strings(svc, [req.image_a, req.image_b], ["image_a", "image_b"], indexed=False)
+    text = (await svc.engine.embed_texts([req.difference]))[0]
+    score = float(compare(pair[0], pair[1], text))
+    cal = svc.encoder.calibration
+    probability = float(compare_probability(score, float(cal.get("temperature", 0.1)), float(cal.get("bias", 0.0))))
+    return schemas.CompareResponse(score=score, holds=score > 0, probability=probability, model=svc.encoder.model_id, calibration=cal)
+
+
+@router.post("/v1/explain", response_model=schemas.ExplainResponse)
+async def explain(req: schemas.ExplainRequest, svc: Service):
+    """The texts that best describe how a differs from b (candidates, or the built-in vocabulary)."""
+    if req.candidates is not None:
+        if not req.candidates:
+            raise ApiError(422, "invalid_request", "candidates must not be empty (leave it out for the built-in vocabulary)", "candidates")
+        check_count(req.candidates, "candidates", svc.settings.max_classes)
+        check_texts(svc, req.candidates, "candidates")
+        texts, source = list(req.candidates), "candidates"
+    else:
+        texts, source = difference_vocabulary(svc.settings.explain_subject), "built-in"
+    pair = await embed_image_strings(svc, [req.image_a, req.image_b], ["image_a", "image_b"], indexed=False)
+    text_embs = await svc.engine.embed_texts(texts)
+    scores = compare(pair[0][None, :], pair[1][None, :], text_embs)
+    order = np.argsort(-scores, kind="stable")[: top_k_of(req.top_k, len(texts), DEFAULT_TOP_K)]
+    return schemas.ExplainResponse(
+        differences=[schemas.Difference(text=texts[i], score=float(scores[i])) for i in order],
+        model=svc.encoder.model_id, vocabulary=source,
+    )
