@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # GPU API image: the same service with onnxruntime-gpu (`.[serve,gpu]`) on a CUDA 12 + cuDNN 9
 # runtime base. The bundle's sessions take the CUDA execution provider when the container sees a
 # GPU (`docker run --gpus all`, or compose's `gpu` profile) and fall back to the CPU provider,

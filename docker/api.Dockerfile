@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # Slim CPU API image: serving dependencies only (`.[serve,cpu]`: FastAPI, uvicorn, Redis client,
 # Prometheus client, onnxruntime), no torch. It serves an ONNX bundle from the model volume at
 # /models (written by `pcclip export`; docker-compose.yml's `export` service fills it).

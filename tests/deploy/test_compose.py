@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -51,6 +52,43 @@ def test_compose_file_validates_offline():
         assert result.returncode == 0, result.stderr
 
 
+# What `docker-compose build/up/ps/run` do after reading the file and before talking to the engine:
+# compose v1 turns each service (profile-only ones included) into a container spec, GPU device
+# requests too. `config -q` stops before that step.
+V1_PROJECT_SCRIPT = """
+import sys
+from compose.config import config
+from compose.config.environment import Environment
+from compose.project import Project
+project_dir, compose_file = sys.argv[1:]
+details = config.find(project_dir, [compose_file], Environment.from_env_file(project_dir))
+for service in config.load(details).services:
+    Project.get_device_requests(None, dict(service))  # compose v1's own check (self is unused)
+    print(service["name"])
+"""
+
+
+def compose_v1_python() -> str:
+    """The interpreter that runs Debian's docker-compose (its shebang), which can import `compose`."""
+    exe = shutil.which("docker-compose") or pytest.fail("docker-compose is not installed (bash scripts/setup.sh)")
+    shebang = open(exe, "rb").readline().decode().strip()
+    assert shebang.startswith("#!"), exe
+    return shebang[2:].split()[0]
+
+
+def test_compose_v1_turns_every_service_into_a_container_spec():
+    result = subprocess.run([compose_v1_python(), "-c", V1_PROJECT_SCRIPT, str(REPO_ROOT), str(COMPOSE_FILE)],
+                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert {"api", "api-gpu", "export", "train", "pairs"} <= set(result.stdout.split())
+
+
+@pytest.mark.skipif(os.environ.get("PCCLIP_DOCKER_TESTS") != "1", reason="needs a Docker engine (PCCLIP_DOCKER_TESTS=1)")
+def test_compose_v1_ps_with_every_profile_against_the_engine():
+    result = compose("--profile", "gpu", "--profile", "train", "ps")
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
 def test_profiles_gate_gpu_and_training(config):
     services = config["services"]
     assert {"api", "redis", "prometheus", "grafana", "lb", "export"} <= set(services)
@@ -60,6 +98,8 @@ def test_profiles_gate_gpu_and_training(config):
     for name in ("api-gpu", "train"):
         devices = services[name]["deploy"]["resources"]["reservations"]["devices"]
         assert any("gpu" in d["capabilities"] and d["driver"] == "nvidia" for d in devices), name
+        # compose v1 takes an integer or "all" (an interpolated "${VAR:-1}" arrives as a string)
+        assert all(d["count"] == "all" or type(d["count"]) is int for d in devices), devices
 
 
 @pytest.mark.parametrize("api_name", ["api", "api-gpu"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -75,6 +76,22 @@ def test_gpu_image_command_falls_back_to_cpu_here(request, tmp_path, deploy_redi
     finally:
         stop_process(api.proc)
     assert api.proc.returncode is not None
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_builds_pull_no_frontend_image(dockerfile):
+    """A `# syntax=` directive makes BuildKit pull its frontend from Docker Hub; the built-in one runs RUN --mount."""
+    for line in dockerfile.read_text().splitlines():
+        if not line.startswith("#"):
+            break  # parser directives come only before the first instruction
+        assert not re.match(r"#\s*syntax\s*=", line, re.IGNORECASE), line
+
+
+def test_readme_says_the_builds_need_buildkit():
+    assert any("RUN --mount" in p.read_text() for p in DOCKERFILES)
+    readme = (REPO_ROOT / "README.md").read_text()
+    deployment = readme[readme.index("## Deployment"):]
+    assert "COMPOSE_DOCKER_CLI_BUILD=1 DOCKER_BUILDKIT=1 docker-compose build" in deployment
 
 
 def test_training_image_command_and_compose_torchrun_command(tmp_path):

@@ -15,7 +15,7 @@ import torch
 
 from models.checkpoints import read_checkpoint
 from models.loading import load_model
-from training.trainer import TrainConfig, train, warmup_cosine
+from training.trainer import DistInfo, TrainConfig, resolve_device, train, warmup_cosine
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = "pcclip-tiny-vit"
@@ -38,6 +38,22 @@ def test_warmup_cosine_schedule():
     assert warmup_cosine(4, 4, 20) == pytest.approx(1.0)
     assert warmup_cosine(12, 4, 20) == pytest.approx(0.5)
     assert warmup_cosine(20, 4, 20) == pytest.approx(0.0)
+
+
+@pytest.mark.parametrize("requested", ["cuda", "auto"])
+@pytest.mark.parametrize("dist_info", [DistInfo(), DistInfo(rank=3, world_size=4, local_rank=1)],
+                         ids=["one process", "rank 3 of 4"])
+def test_resolve_device_gives_cuda_an_index_for_one_and_several_processes(monkeypatch, requested, dist_info):
+    """torch.cuda.set_device refuses a bare `cuda`; this machine has no GPU, so torch's own index check stands in."""
+    from torch.cuda._utils import _get_device_index
+
+    selected = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: selected.append(_get_device_index(device)))
+    device = resolve_device(requested, dist_info)
+    assert device == torch.device("cuda", dist_info.local_rank) and selected == [dist_info.local_rank]
+    assert resolve_device("cuda:2", dist_info) == torch.device("cuda", 2)  # an explicit index is kept
+    assert resolve_device("cpu", dist_info) == torch.device("cpu")
 
 
 def test_pc_clip_run_trains_only_the_text_tower_and_checkpoints_load(tmp_path, tiny_pairs):
