@@ -317,7 +317,7 @@ def run_load(base_url: str, requests: list[Request], concurrency: int, deadline_
     if show_progress:
         from tqdm import tqdm
 
-        progress = tqdm(total=len(requests), desc=f"c={concurrency}", leave=False, unit="req")
+        progress = tqdm(total=len(requests), desc=f"c={concurrency}", leave=False, unit="req", disable=None)
     try:
         return asyncio.run(_run_load_async(base_url, requests, concurrency, deadline_s, timeout_s, keep_body, progress))
     finally:

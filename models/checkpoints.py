@@ -1,8 +1,10 @@
 """Checkpoint formats the loader understands.
 
-- A full checkpoint (`.pt`, written by the trainer): {"format": FORMAT, "spec": base model spec,
-  "model_id": str, "state_dict": ..., "extra": {...}}. `load_model(path)` rebuilds the base model
-  from `spec` without downloading anything and loads the state dict.
+- A full checkpoint (written by the trainer as `.safetensors`; older runs wrote `.pt`):
+  {"format": FORMAT, "spec": base model spec, "model_id": str, "state_dict": ..., "extra": {...}}.
+  In a `.safetensors` file the tensors are the state dict and the rest is the file's metadata
+  (`extra` as JSON). `load_model(path)` rebuilds the base model from `spec` without downloading
+  anything and loads the state dict.
 - Partial weights (`.safetensors`): the parameters a pcclip model learned on top of its pretrained
   trunks (heads, finetuned layers, logit scale). `pcclip-mini:/path/to/file.safetensors` loads them.
 """
@@ -17,25 +19,43 @@ FORMAT = "pcclip-checkpoint/1"
 
 
 def save_checkpoint(path: str | Path, model, spec: str, model_id: str | None = None, extra: dict | None = None) -> Path:
-    """Write a full checkpoint of `model`, built from base `spec`, atomically."""
+    """Write a full checkpoint of `model`, built from base `spec`, atomically (`.safetensors` or `.pt` by suffix)."""
     import torch
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    torch.save(
-        {"format": FORMAT, "spec": spec, "model_id": model_id or path.stem, "state_dict": state, "extra": extra or {}},
-        tmp,
-    )
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        # tied tensors share storage, which safetensors refuses: each name gets its own copy
+        save_file({k: v.contiguous().clone() for k, v in state.items()}, str(tmp),
+                  metadata={"format": FORMAT, "spec": spec, "model_id": model_id or path.stem,
+                            "extra": json.dumps(extra or {})})
+    else:
+        torch.save(
+            {"format": FORMAT, "spec": spec, "model_id": model_id or path.stem, "state_dict": state, "extra": extra or {}},
+            tmp,
+        )
     tmp.replace(path)
     return path
 
 
 def read_checkpoint(path: str | Path) -> dict:
-    """Load a full checkpoint dict (weights only, no pickled code)."""
+    """Load a full checkpoint dict (weights only, no pickled code) from a `.safetensors` or `.pt` file."""
     import torch
 
+    if Path(path).suffix == ".safetensors":
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"{path} is not a pcclip checkpoint (format {FORMAT})")
+        return {"format": FORMAT, "spec": meta["spec"], "model_id": meta.get("model_id"),
+                "state_dict": load_file(str(path)), "extra": json.loads(meta.get("extra") or "{}")}
     ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise ValueError(f"{path} is not a pcclip checkpoint (format {FORMAT})")

@@ -11,7 +11,7 @@ Model specs (strings):
 | `ViT-B-32:openai` | an open_clip architecture with a pretrained tag (downloaded from the hub) |
 | `ViT-B-32:/path/open_clip_model.bin` | an open_clip architecture with a local checkpoint file |
 | `hf-hub:org/repo`, `local-dir:/path` | open_clip's own schemas |
-| `/path/checkpoint.pt` | a full checkpoint written by the trainer (`models.checkpoints`) |
+| `/path/final.safetensors`, `/path/checkpoint.pt` | a full checkpoint written by the trainer (`models.checkpoints`) |
 | `/path/bundle/` | an exported ONNX bundle (a directory with `manifest.json`) |
 
 `load_model` returns a torch model with its preprocessing and tokenizer (for training, export,
@@ -211,11 +211,12 @@ def _host_reachable(host: str, timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
         return False
 
 
-def _offline_help(spec: str, name: str, host: str) -> str:
+def _offline_help(spec: str, name: str, tag: str | None, host: str) -> str:
+    create = f"'{name}'" if tag is None else f"'{name}', pretrained='{tag}'"
     return (
         f"cannot download pretrained weights for {spec!r}: {host} is not reachable from this machine. "
         "Supply the weights locally: on a machine with internet run "
-        f"`python -c \"import open_clip; open_clip.create_model('{name.split(':')[0]}', pretrained='<tag>')\"` "
+        f"`python -c \"import open_clip; open_clip.create_model({create})\"` "
         "and copy the downloaded file (it lands in ~/.cache/huggingface/hub), then name it as "
         f"`{name}:/path/to/open_clip_model.safetensors`; or copy the whole Hugging Face cache and set "
         "HF_HUB_OFFLINE=1; or use the offline default model `pcclip-mini`."
@@ -245,10 +246,14 @@ def _load_open_clip(spec: ModelSpec, pretrained: bool = True) -> LoadedModel:
             raise ModelLoadError(f"unknown pretrained tag {tag!r} for {name}; known: {tags}")
         host = _hub_host(open_clip, name, tag)
         if not _host_reachable(host):
+            previous = logging.root.manager.disable
+            logging.disable(logging.CRITICAL)  # open_clip logs its failed download on the root logger
             try:  # the weights may already be in the local cache
                 model, preprocess_cfg, tokenizer = _create_open_clip(open_clip, name, tag, offline=True)
             except Exception as err:
-                raise ModelLoadError(_offline_help(spec.raw, name, host)) from err
+                raise ModelLoadError(_offline_help(spec.raw, name, tag, host)) from err
+            finally:
+                logging.disable(previous)
             return _open_clip_loaded(model, preprocess_cfg, tokenizer, spec)
     model, preprocess_cfg, tokenizer = _create_open_clip(
         open_clip, name, (str(Path(tag).expanduser()) if local_file else tag) if pretrained else None, **kwargs
@@ -306,6 +311,29 @@ def _load_checkpoint(spec: ModelSpec) -> LoadedModel:
     loaded.spec = spec.raw
     loaded.base_spec = ckpt["spec"]
     loaded.info.update(checkpoint=spec.name, **{k: v for k, v in ckpt.get("extra", {}).items() if isinstance(v, (str, int, float, dict, list))})
+    return loaded
+
+
+def load_starting_model(trained: LoadedModel) -> LoadedModel:
+    """The model a trained checkpoint started from, rebuilt from what the trainer recorded.
+
+    A random-weight architecture (`ViT-B-32` without a tag) is rebuilt under the run's seed, so it is
+    the same random model the run started from; the recorded fingerprint proves it.
+    """
+    from models.checkpoints import state_fingerprint
+
+    spec = trained.info.get("start_model") or trained.base_spec
+    seed = trained.info.get("start_seed")
+    if seed is not None:
+        import torch
+
+        torch.manual_seed(seed)  # what the trainer seeded before building its starting model
+    loaded = load_model(spec)
+    expected = trained.info.get("start_fingerprint")
+    if expected and state_fingerprint(loaded.model) != expected:
+        raise ModelLoadError(
+            f"{spec!r} does not rebuild the weights that {trained.spec} was trained from (fingerprint "
+            f"{expected} expected): name the base model to compare with explicitly (--base SPEC)")
     return loaded
 
 

@@ -40,7 +40,15 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2
-    result = args.handler(args)
+    from models.loading import ModelLoadError
+
+    try:
+        result = args.handler(args)
+    except ModelLoadError as err:  # a model that cannot load says why and what to do; tracebacks with -v
+        if args.verbose:
+            raise
+        print(f"pcclip {args.command}: error: {err}", file=sys.stderr)
+        return 2
     return int(result or 0)
 
 

@@ -19,3 +19,18 @@ def test_pcclip_embed_prints_similarities(data_dir):
     assert len(lines) == 2
     scores = [float(l.split()[0]) for l in lines]
     assert scores[0] >= scores[1] and all(-1.0 <= s <= 1.0 for s in scores)
+
+
+def test_an_unreachable_hub_model_is_one_clear_error(tmp_path):
+    import os
+
+    # nothing listens on 127.0.0.1:443, so the hub is unreachable whatever this machine's network
+    env = {**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path / "hf"),
+           "PCCLIP_HUB_PROBE_TIMEOUT": "1"}
+    result = subprocess.run([sys.executable, "-m", "pcclip", "info", "--model", "ViT-B-32:openai"],
+                            capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert lines[0].startswith("pcclip info: error: cannot download pretrained weights for 'ViT-B-32:openai'")
+    assert "create_model('ViT-B-32', pretrained='openai')" in lines[0] and "<tag>" not in lines[0]

@@ -367,7 +367,7 @@ class Pipeline:
         pooled = self.text.pooled
         coco_pairs = [(im.path, c) for im in self.coco for c in im.captions]
         m.visual.head.train()
-        for step in tqdm(range(cfg.base_steps), desc="base (CLIP loss, heads)", unit="step"):
+        for step in tqdm(range(cfg.base_steps), desc="base (CLIP loss, heads)", unit="step", disable=None):
             batch = rng.sample(classes, min(cfg.base_batch, len(classes)))
             photos = [rng.choice(self.train_imgs[c]) for c in batch]
             caps = [rng.choice(self.captions[c]) for c in batch]
@@ -419,7 +419,7 @@ class Pipeline:
             fact_dirs = torch.from_numpy(probe.directions(facts))
         for blk in list(m.text.blocks)[self.tail.first_trainable:]:
             blk.train()
-        for step in tqdm(range(cfg.pc_steps), desc=f"PC-CLIP (last {cfg.text_layers} text layers + head)", unit="step"):
+        for step in tqdm(range(cfg.pc_steps), desc=f"PC-CLIP (last {cfg.text_layers} text layers + head)", unit="step", disable=None):
             batch = rng.sample(self.pairs, cfg.pc_batch)
             ia = emb[torch.tensor([self.pindex[p["image_a"]] for p in batch])]
             ib = emb[torch.tensor([self.pindex[p["image_b"]] for p in batch])]
@@ -471,7 +471,7 @@ class Pipeline:
     def sweep(self) -> dict:
         """WiSE-FT alphas: validation (seen classes, for the choice) and test (the curve) metrics."""
         rows = []
-        for alpha in tqdm(self.cfg.alphas, desc="WiSE-FT sweep", unit="alpha"):
+        for alpha in tqdm(self.cfg.alphas, desc="WiSE-FT sweep", unit="alpha", disable=None):
             self.set_alpha(alpha)
             val = self.metrics(self.val_imgs, self.val_pairs, sorted(self.train_imgs))
             test = self.metrics(self.test_photos, self.test_pairs)

@@ -1,7 +1,7 @@
 """`pcclip eval`: the paper's evaluation protocols, base model and PC-CLIP side by side.
 
-    pcclip eval --model runs/pcclip/final.pt --out runs/pcclip/eval       # base: the checkpoint's base spec
-    pcclip eval --model runs/pcclip/final.pt --base pcclip-mini:base --out eval/
+    pcclip eval --model runs/pcclip/final.safetensors --out runs/pcclip/eval   # base: the model the run started from
+    pcclip eval --model runs/pcclip/final.safetensors --base pcclip-mini:base --out eval/
 
 Writes `report.json` (every number for both models), `summary.png` (bar chart per task) and
 `ranked_strip.png` (reserved-class photos ranked by an attribute text).
@@ -17,7 +17,8 @@ def register(sub) -> None:
     p = sub.add_parser("eval", help="evaluate a model against its base (difference, ranking, zero-shot, hints)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="the model to evaluate (a checkpoint, a spec)")
-    p.add_argument("--base", help="the base model to compare with (default: the checkpoint's base spec)")
+    p.add_argument("--base", help="the base model to compare with (default: the model the checkpoint's run started from, "
+                   "a random initialisation rebuilt from the run's seed)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--data", help="data root (default $PCCLIP_DATA or ../shared/data)")
     p.add_argument("--split-file", help="reserved classes (default training/splits/cub100_reserved.txt)")

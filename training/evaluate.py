@@ -112,14 +112,14 @@ class EmbeddedModel:
 
 
 def embed_model(name: str, spec: str, paths: Sequence[str], root: Path, cache_dir: Path, device: str = "cpu",
-                batch_size: int = 32) -> EmbeddedModel:
-    """Load a model and embed the images (through the on-disk cache, keyed by the image tower)."""
+                batch_size: int = 32, loaded=None) -> EmbeddedModel:
+    """Load a model (unless `loaded` is given) and embed the images (through the on-disk cache, keyed by the image tower)."""
     import torch
 
     from models.loading import load_model
     from training.features import ImageFeatureCache, image_cache_key
 
-    loaded = load_model(spec)
+    loaded = loaded or load_model(spec)
     model = loaded.model.to(device).eval()
     key = image_cache_key(model, loaded.preprocess_cfg, "embedding")
     feats = ImageFeatureCache(cache_dir, key).get(list(paths), root=root, compute=model.encode_image,
@@ -394,7 +394,7 @@ def run_evaluation(model: str, out: Path, base: str | None = None, root: Path | 
                    cache_dir: Path | None = None, device: str = "cpu", batch_size: int = 32,
                    rank_text: str = "a larger bird") -> dict:
     """Evaluate a model (and its base) with every protocol; writes report.json and PNGs in `out`."""
-    from models.loading import load_model
+    from models.loading import load_model, load_starting_model
     from training.data import RESERVED_SPLIT, default_data_dir
     from training.features import default_cache_dir
 
@@ -402,16 +402,20 @@ def run_evaluation(model: str, out: Path, base: str | None = None, root: Path | 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     setup = build_setup(root, Path(split_file) if split_file else RESERVED_SPLIT, max_photos_per_class, max_classes=max_classes)
-    if base is None:
-        base_spec = load_model(model).base_spec
-        base = base_spec if base_spec != model else None
+    base_loaded = None
+    if base is None:  # the model the checkpoint was trained from (the same random init for a random base)
+        trained = load_model(model)
+        if trained.base_spec != model:
+            base_loaded = load_starting_model(trained)
+            base = base_loaded.spec
     specs = ([("base", base)] if base else []) + [("pcclip", model)]
     paths = sorted({im.path for im in setup.test_images})
     models: list[EmbeddedModel] = []
     for name, spec in specs:
         same = next((m for m in models if m.spec == spec), None)  # one load when both sides are the same spec
         models.append(dataclasses.replace(same, name=name) if same else
-                      embed_model(name, spec, paths, root, Path(cache_dir) if cache_dir else default_cache_dir(), device, batch_size))
+                      embed_model(name, spec, paths, root, Path(cache_dir) if cache_dir else default_cache_dir(), device,
+                                  batch_size, loaded=base_loaded if name == "base" else None))
     pair_sets = [sample_difference_pairs(setup, pairs_per_seed, seed) for seed in range(seeds)]
     report = {
         "models": {m.name: {"spec": m.spec, "model_id": m.loaded.model_id} for m in models},

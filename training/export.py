@@ -390,7 +390,7 @@ def export_bundle(
                 manifest["quantization_report"] = {
                     "method": "onnxruntime.quantization.quantize_dynamic, int8 per-channel weights, MatMul/Gemm",
                     "evaluator": "CUB zero-shot top-1 on a small fixed subset (training/export.py); "
-                    "the evaluation suite (training/evaluate.py) was not available",
+                    "`pcclip eval` (training/evaluate.py) is the full evaluation",
                     "fp32": fp32_top1,
                     "int8": int8_top1,
                     "top1_change_points": 100.0 * (int8_top1["top1"] - fp32_top1["top1"]),

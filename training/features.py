@@ -80,7 +80,7 @@ class ImageFeatureCache:
             root = Path(root)
             new = []
             with torch.no_grad():
-                for start in tqdm(range(0, len(missing), batch_size), desc=f"image features ({self.key})", unit="batch"):
+                for start in tqdm(range(0, len(missing), batch_size), desc=f"image features ({self.key})", unit="batch", disable=None):
                     chunk = missing[start : start + batch_size]
                     images = [decode_image((root / p).read_bytes()) for p in chunk]
                     pixels = torch.from_numpy(preprocess_images(images, preprocess_cfg)).to(device)

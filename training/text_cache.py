@@ -46,7 +46,7 @@ class LastLayersText(nn.Module):
         states = torch.zeros((len(ids), length, self.tower.width), dtype=torch.half)
         pooled = torch.zeros((len(ids), self.tower.width))
         order = torch.argsort(lengths)
-        for i in tqdm(range(0, len(ids), batch_size), desc=desc, unit="batch"):
+        for i in tqdm(range(0, len(ids), batch_size), desc=desc, unit="batch", disable=None):
             idx = order[i:i + batch_size]
             n = max(1, int(lengths[idx].max()))
             m = mask[idx, :n]

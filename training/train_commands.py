@@ -40,6 +40,7 @@ _FLAGS = {
     "--device": ("device", dict(help="auto, cpu, cuda")),
     "--cache-dir": ("cache_dir", dict(help="image feature cache (default $PCCLIP_CACHE/features or ~/.cache/pcclip/features)")),
     "--save-every": ("save_every", dict(type=int, metavar="STEPS", help="also write last.pt every N steps (resume point)")),
+    "--save-epochs": ("save_epochs", dict(action="store_const", const=True, help="also keep epoch-NNN.safetensors after each complete epoch (every weight; large for big models)")),
     "--feature-batch-size": ("feature_batch_size", dict(type=int)),
 }
 

@@ -8,10 +8,13 @@
 
 Runs on CPU or CUDA, single process or under `torchrun` (DistributedDataParallel; gloo on CPU,
 nccl on GPU; each rank sees its shard of every epoch via DistributedSampler; the contrastive loss
-is computed per rank over its local batch). A run directory holds `config.json`, a checkpoint per
-epoch (`epoch-NNN.pt`, loadable by `models.loading.load_model`), `final.pt`, `last.pt` (optimizer,
-scheduler, RNG, epoch and step: `--resume` continues a killed run to the same final weights),
-`metrics.jsonl` and `summary.json`.
+is computed per rank over its local batch). A run directory holds `config.json`, `metrics.jsonl`,
+and while the run is unfinished `last.pt` (the resume point: trainable weights, optimizer,
+scheduler, RNG, epoch and step; `--resume` continues a killed run to the same final weights). A
+finished run holds the final weights once, `final.safetensors` (every weight, the base spec and
+what the run started from in its metadata; loadable by `models.loading.load_model`), plus
+`weights.safetensors` for pcclip models (only the trained parameters), `summary.json`, and
+`epoch-NNN.safetensors` after each complete epoch only with `save_epochs` (`--save-epochs`).
 """
 
 from __future__ import annotations
@@ -85,6 +88,7 @@ class TrainConfig:
     device: str = "auto"
     cache_dir: str = ""
     save_every: int = 0
+    save_epochs: bool = False  # also write epoch-NNN.safetensors after each complete epoch
     feature_batch_size: int = 32
     probe_weight: float = 0.0  # attribute-direction loss (training.attribute_probe; attribute-writer pairs, CUB)
     probe_ridge: float = 1.0
@@ -226,6 +230,7 @@ class Trainer:
     """Builds everything a run needs from a TrainConfig; `run()` trains and writes the run directory."""
 
     def __init__(self, cfg: TrainConfig, resume: bool = False):
+        from models.checkpoints import state_fingerprint
         from models.loading import load_model
 
         self.cfg = cfg
@@ -236,6 +241,8 @@ class Trainer:
         seed_everything(cfg.seed)
         self.loaded = load_model(cfg.model)
         self.model = self.loaded.model
+        # what `pcclip eval` needs to rebuild this exact starting model (a random init included)
+        self.start = {"start_model": cfg.model, "start_seed": cfg.seed, "start_fingerprint": state_fingerprint(self.model)}
         self.parts = cfg.parts()
         if cfg.temperature is not None:
             with torch.no_grad():
@@ -343,6 +350,8 @@ class Trainer:
     # state ---------------------------------------------------------------------------------------
     def _read_resume_state(self) -> dict | None:
         path = self.out / "last.pt"
+        if not path.exists() and (self.out / "final.safetensors").exists():
+            raise ValueError(f"the run in {self.out} has finished (final.safetensors): there is nothing to resume")
         if not path.exists():
             log.info("no %s: starting from scratch", path)
             return None
@@ -378,10 +387,10 @@ class Trainer:
         self.model.load_state_dict(self.wise_state(), strict=False)
         try:
             extra = {"epoch": epoch, "step": step, "train": self.parts, "wise_alpha": self.cfg.wise_alpha,
-                     "preset": self.cfg.preset, "written_by_rank": self.dist.rank}
+                     "preset": self.cfg.preset, "written_by_rank": self.dist.rank, **self.start}
             path = save_checkpoint(self.out / name, self.model, self.loaded.base_spec,
                                    model_id=f"{Path(self.cfg.out).name}-{Path(name).stem}", extra=extra)
-            if name == "final.pt" and self.loaded.info.get("trunks") is not None:  # a pcclip model
+            if name == "final.safetensors" and self.loaded.info.get("trunks") is not None:  # a pcclip model
                 from models.checkpoints import save_partial_weights
 
                 save_partial_weights(self.out / "weights.safetensors", self.model, sorted(self.trainable_names),
@@ -440,7 +449,7 @@ class Trainer:
             (self.out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
             self._truncate_metrics(step)
 
-        bar = tqdm(total=total, initial=step, desc="train", unit="step", disable=not dist_info.is_main)
+        bar = tqdm(total=total, initial=step, desc="train", unit="step", disable=None if dist_info.is_main else True)
         epoch_losses: list[float] = []
         for epoch in range(start_epoch, cfg.epochs):
             if step >= total:
@@ -486,12 +495,15 @@ class Trainer:
                                "grad_norm": None if grad_norm is None else float(grad_norm)})
                     if cfg.save_every and step % cfg.save_every == 0 and step < total:
                         self._save_last(optimizer, scheduler, epoch, b + 1, step)
-            epoch_done = step % steps_per_epoch == 0 or step >= total
-            if dist_info.is_main and epoch_done:
-                self._save_model(f"epoch-{epoch + 1:03d}.pt", epoch + 1, step)
-                next_epoch, next_batch = (epoch + 1, 0) if step % steps_per_epoch == 0 else (epoch, step % steps_per_epoch)
+            # A run that stops at --max-steps inside an epoch did not complete that epoch: no epoch
+            # checkpoint for it (the final weights follow), and its resume point stays mid-epoch.
+            epoch_complete = step % steps_per_epoch == 0
+            if dist_info.is_main and (epoch_complete or step >= total):
+                if epoch_complete and cfg.save_epochs:
+                    self._save_model(f"epoch-{epoch + 1:03d}.safetensors", epoch + 1, step)
+                next_epoch, next_batch = (epoch + 1, 0) if epoch_complete else (epoch, step % steps_per_epoch)
                 self._save_last(optimizer, scheduler, next_epoch, next_batch, step)
-                self._log({"event": "epoch", "epoch": epoch + 1, "step": step,
+                self._log({"event": "epoch" if epoch_complete else "stopped", "epoch": epoch + 1, "step": step,
                            "mean_loss": float(np.mean(epoch_losses)) if epoch_losses else None})
             epoch_losses = []
         bar.close()
@@ -515,11 +527,14 @@ class Trainer:
             fingerprints = [None] * self.dist.world_size
             dist.all_gather_object(fingerprints, fingerprint)
         summary = {"steps": step, "total_steps": total, "world_size": self.dist.world_size,
-                   "rank_fingerprints": fingerprints, "trainable_parameters": len(self.trainable_names),
+                   "rank_fingerprints": fingerprints,
+                   "trainable_parameters": sum(p.numel() for p in self.model.parameters() if p.requires_grad),
+                   "trainable_tensors": len(self.trainable_names),
                    "image_cache_key": self.cache_key, "pairs": len(self.pairs), "captions": len(self.captions)}
         if self.dist.is_main:
-            summary["final"] = str(self._save_model("final.pt", self.cfg.epochs, step))
+            summary["final"] = str(self._save_model("final.safetensors", self.cfg.epochs, step))
             (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
+            (self.out / "last.pt").unlink(missing_ok=True)  # finished: the resume point has served
         _barrier(self.dist)
         return summary
 

@@ -123,6 +123,20 @@ def test_api_uses_redis_and_the_model_volume(config, api_name):
     assert image.argv == ["pcclip", "serve"]
 
 
+def test_export_builds_cpu_torch_and_training_keeps_cuda(config):
+    services = config["services"]
+    export, train = services["export"], services["train"]
+    # exporting needs no GPU: CPU torch (~200 MB), not PyPI's CUDA build (~2.5 GB of downloads)
+    assert export["build"]["args"]["TORCH_INDEX_URL"] == "https://download.pytorch.org/whl/cpu"
+    assert train["build"]["args"]["TORCH_INDEX_URL"] == "https://pypi.org/simple"
+    assert export["build"]["dockerfile"] == train["build"]["dockerfile"]
+    assert export["image"] != train["image"]  # two builds of one Dockerfile, two tags
+    # a torch wheel in docker/wheels/ (the CPU build, for sites without that index) is offered to pip
+    dockerfile = (REPO_ROOT / export["build"]["dockerfile"]).read_text()
+    assert "source=docker/wheels" in dockerfile and "--find-links /tmp/wheels" in dockerfile
+    assert (REPO_ROOT / "docker/wheels").is_dir()
+
+
 def test_api_replicas_scale_behind_the_load_balancer(config):
     services = config["services"]
     api_port = env_of(services["api"])["PCCLIP_PORT"]

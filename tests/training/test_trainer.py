@@ -57,28 +57,49 @@ def test_resolve_device_gives_cuda_an_index_for_one_and_several_processes(monkey
 
 
 def test_pc_clip_run_trains_only_the_text_tower_and_checkpoints_load(tmp_path, tiny_pairs):
-    summary = train(_cfg(tmp_path, tiny_pairs))
+    summary = train(_cfg(tmp_path, tiny_pairs, save_epochs=True))
     run = tmp_path / "run"
     assert summary["steps"] == 10  # 40 pairs / 8 = 5 steps x 2 epochs
-    for name in ("config.json", "epoch-001.pt", "epoch-002.pt", "final.pt", "last.pt", "metrics.jsonl", "summary.json"):
-        assert (run / name).exists(), name
+    # a finished run: the final weights once, the epoch checkpoints asked for, no resume point left
+    assert sorted(p.name for p in run.iterdir()) == ["config.json", "epoch-001.safetensors", "epoch-002.safetensors",
+                                                     "final.safetensors", "metrics.jsonl", "summary.json"]
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if r["event"] == "step"] == list(range(1, 11))
     assert all(r["pc_loss"] > 0 and r["clip_loss"] is None for r in records if r["event"] == "step")
     # the text tower changed, the image tower and the (fixed) logit scale did not
     base = load_model(TINY).model.state_dict()  # same random init: open_clip seeds nothing, so compare via the checkpoint's base
-    final = _state(run / "final.pt")
-    first = _state(run / "epoch-001.pt")
+    final = _state(run / "final.safetensors")
+    first = _state(run / "epoch-001.safetensors")
     changed = {k for k in final if not torch.equal(final[k], first[k])}
     # the pc-clip defaults train the text transformer's layers only (as the official code)
     assert changed and all(k.startswith("transformer.resblocks.") for k in changed)
+    layers = {k: v for k, v in final.items() if k.startswith("transformer.resblocks.")}
+    assert summary["trainable_tensors"] == len(layers)
+    assert summary["trainable_parameters"] == sum(v.numel() for v in layers.values()) > 10 * len(layers)
     assert final["logit_scale"].item() == 0.0  # temperature 1
     assert set(base) == set(final)
     # load_model(checkpoint) rebuilds the model with exactly these weights
-    loaded = load_model(str(run / "final.pt"))
+    loaded = load_model(str(run / "final.safetensors"))
     for k, v in loaded.model.state_dict().items():
         assert torch.equal(v, final[k]), k
     assert loaded.base_spec == TINY
+    # the model it started from: the same random init, rebuilt from what the checkpoint records
+    # (a plain load of the base spec draws another random model)
+    from models.checkpoints import state_fingerprint
+    from models.loading import load_starting_model
+
+    start = load_starting_model(loaded)
+    assert state_fingerprint(start.model) == loaded.info["start_fingerprint"] != state_fingerprint(load_model(TINY).model)
+    assert torch.equal(start.model.state_dict()["visual.proj"], final["visual.proj"])  # the frozen image tower
+
+
+def test_max_steps_inside_an_epoch_writes_no_epoch_checkpoint(tmp_path, tiny_pairs):
+    summary = train(_cfg(tmp_path, tiny_pairs, "short", max_steps=3, save_epochs=True))  # 5 steps per epoch
+    run = tmp_path / "short"
+    assert summary["steps"] == 3 and summary["total_steps"] == 3
+    assert sorted(p.name for p in run.iterdir()) == ["config.json", "final.safetensors", "metrics.jsonl", "summary.json"]
+    events = [json.loads(line)["event"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert events == ["step"] * 3 + ["stopped"]
 
 
 def test_rerun_reuses_the_image_cache(tmp_path, tiny_pairs, caplog):
@@ -89,13 +110,13 @@ def test_rerun_reuses_the_image_cache(tmp_path, tiny_pairs, caplog):
     train(_cfg(tmp_path, tiny_pairs, "b", epochs=1, seed=1))
     assert cache_files[0].stat().st_mtime_ns == mtime  # nothing was recomputed or rewritten
     key = "transformer.resblocks.1.attn.in_proj_weight"
-    assert torch.equal(_state(tmp_path / "a" / "final.pt")[key], _state(tmp_path / "b" / "final.pt")[key])
+    assert torch.equal(_state(tmp_path / "a" / "final.safetensors")[key], _state(tmp_path / "b" / "final.safetensors")[key])
 
 
 def test_wise_ft_interpolates_saved_weights(tmp_path, tiny_pairs):
     train(_cfg(tmp_path, tiny_pairs, "full", epochs=1, seed=5))
     train(_cfg(tmp_path, tiny_pairs, "half", epochs=1, seed=5, wise_alpha=0.25))
-    full, half = _state(tmp_path / "full" / "final.pt"), _state(tmp_path / "half" / "final.pt")
+    full, half = _state(tmp_path / "full" / "final.safetensors"), _state(tmp_path / "half" / "final.safetensors")
     torch.manual_seed(5)  # the trainer seeds before it builds the (random) base model
     base = load_model(TINY).model.state_dict()
     key = "transformer.resblocks.0.mlp.c_fc.weight"
@@ -118,7 +139,7 @@ def test_base_preset_trains_heads_and_logit_scale_on_captions(tmp_path, tiny_cap
     torch.manual_seed(cfg.seed)
     base = load_model(TINY).model.state_dict()
     train(cfg)
-    final = _state(tmp_path / "base" / "final.pt")
+    final = _state(tmp_path / "base" / "final.safetensors")
     changed = {k for k in final if not torch.equal(final[k], base[k])}
     assert changed == {"text_projection", "visual.proj", "logit_scale"}
     records = [json.loads(line) for line in (tmp_path / "base" / "metrics.jsonl").read_text().splitlines()]
@@ -157,6 +178,7 @@ def test_resume_after_kill_gives_the_same_weights(tmp_path, tiny_pairs):
     straight = subprocess.run(_train_cmd(tmp_path / "straight", tiny_pairs, cache), env=_env(), cwd=REPO,
                               capture_output=True, text=True, timeout=300)
     assert straight.returncode == 0, straight.stderr[-2000:]
+    assert "%|" not in straight.stderr  # no progress bars when stderr is not a terminal (tqdm disable=None)
     killed_dir = tmp_path / "killed"
     proc = subprocess.Popen(_train_cmd(killed_dir, tiny_pairs, cache), env=_env(), cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -171,16 +193,20 @@ def test_resume_after_kill_gives_the_same_weights(tmp_path, tiny_pairs):
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     state = torch.load(killed_dir / "last.pt", weights_only=False)
     assert 0 < state["step"] < 30
-    assert not (killed_dir / "final.pt").exists()
+    assert not (killed_dir / "final.safetensors").exists()
     resumed = subprocess.run(_train_cmd(killed_dir, tiny_pairs, cache, ["--resume"]), env=_env(), cwd=REPO,
                              capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resuming at epoch" in resumed.stderr
-    a, b = _state(tmp_path / "straight" / "final.pt"), _state(killed_dir / "final.pt")
+    a, b = _state(tmp_path / "straight" / "final.safetensors"), _state(killed_dir / "final.safetensors")
     for k in a:
         assert torch.equal(a[k], b[k]), k
     steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines() if '"event": "step"' in line]
     assert steps == list(range(1, 31))  # the log has each step once, as if never interrupted
+    assert not (killed_dir / "last.pt").exists()  # finished: the resume point is gone, and so is resuming
+    again = subprocess.run(_train_cmd(killed_dir, tiny_pairs, cache, ["--resume"]), env=_env(), cwd=REPO,
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 2 and "has finished" in again.stderr, again.stderr[-2000:]
 
 
 def test_torchrun_two_processes_gloo(tmp_path, tiny_pairs):
@@ -188,7 +214,7 @@ def test_torchrun_two_processes_gloo(tmp_path, tiny_pairs):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "-m", "pcclip", "train", "--model", TINY, "--pairs", str(tiny_pairs), "--out", str(out),
            "--cache-dir", str(tmp_path / "cache"), "--epochs", "2", "--batch-size", "4", "--lr", "1e-3",
-           "--exclude-classes", "none", "--device", "cpu"]
+           "--exclude-classes", "none", "--device", "cpu", "--save-epochs"]
     proc = subprocess.run(cmd, env=_env(), cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
@@ -196,13 +222,13 @@ def test_torchrun_two_processes_gloo(tmp_path, tiny_pairs):
     assert summary["steps"] == 10  # 40 pairs -> 20 per rank -> 5 batches of 4 per epoch
     fingerprints = summary["rank_fingerprints"]
     assert len(fingerprints) == 2 and fingerprints[0] == fingerprints[1]  # both ranks hold the same weights
-    for name in ("epoch-001.pt", "epoch-002.pt", "final.pt"):
+    for name in ("epoch-001.safetensors", "epoch-002.safetensors", "final.safetensors"):
         assert read_checkpoint(out / name)["extra"]["written_by_rank"] == 0
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "epoch-001.pt", "epoch-002.pt", "final.pt",
-                                                     "last.pt", "metrics.jsonl", "summary.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "epoch-001.safetensors", "epoch-002.safetensors", "final.safetensors",
+                                                     "metrics.jsonl", "summary.json"]
     from models.checkpoints import state_fingerprint
 
-    assert state_fingerprint(load_model(str(out / "final.pt")).model) == fingerprints[0]
+    assert state_fingerprint(load_model(str(out / "final.safetensors")).model) == fingerprints[0]
 
 
 def test_caption_loss_mixed_in_and_last_text_layers(tmp_path, tiny_pairs, tiny_captions):
@@ -211,7 +237,7 @@ def test_caption_loss_mixed_in_and_last_text_layers(tmp_path, tiny_pairs, tiny_c
     torch.manual_seed(cfg.seed)
     base = load_model(TINY).model.state_dict()
     train(cfg)
-    final = _state(tmp_path / "mix" / "final.pt")
+    final = _state(tmp_path / "mix" / "final.safetensors")
     changed = {k for k in final if not torch.equal(final[k], base[k])}
     assert changed and all(k.startswith("transformer.resblocks.1.") for k in changed - {"logit_scale"})
     assert final["logit_scale"].item() == pytest.approx(torch.log(torch.tensor(20.0)).item())  # fixed at 1/T

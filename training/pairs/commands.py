@@ -102,7 +102,7 @@ def run_pairs(args: argparse.Namespace) -> int:
     writer, what = build_writer(args)
     start = time.perf_counter()
     records = tqdm(writer.pairs(args.n, random.Random(args.seed)), total=args.n, desc="pairs",
-                   unit="pair")
+                   unit="pair", disable=None)
     count = write_jsonl(records, args.out)
     summary = (f"wrote {count} pairs to {args.out} (writer {args.writer}, {args.split} split, {what}, "
                f"seed {args.seed}) in {time.perf_counter() - start:.1f}s")

@@ -251,7 +251,7 @@ class LLMPairWriter(PairWriter):
                 return
             batch = [self.source.sample(rng) for _ in range(need + need // 4 + 2)]
             prompts = [config.render(p.caption_a, p.caption_b) for p in batch]
-            with tqdm(total=len(prompts), desc="llm", unit="prompt", disable=not self.progress) as bar:
+            with tqdm(total=len(prompts), desc="llm", unit="prompt", disable=None if self.progress else True) as bar:
                 answers = self.client.complete_all(prompts, progress=bar)
             for pair, prompt, answer in zip(batch, prompts, answers):
                 text = clean_text(answer) if answer is not None else None
