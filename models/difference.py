@@ -10,6 +10,7 @@ g(I) is the image embedding, f(T) the text embedding, n(x) = x / ||x||.
 - comparative prompt   for a hint (a, b, T) -- "T says how class a differs from class b" --
                        the estimate of b is  f_a - f_T  (optionally, symmetric, also of a:  f_b + f_T);
                        w'_c = n( alpha * w_c + (1 - alpha) * mean(estimates of c) )
+- composed search      q = n( n(g(ref)) + sum_i w_i n(f(T_i)) ), scored by cos(q, n(g(I)))  -- see `composed_query`
 
 Every function accepts float arrays of any float dtype and returns float32.
 """
@@ -150,3 +151,33 @@ def compare_probability(score: np.ndarray | float, temperature: float = 0.1, bia
     """
     z = (np.asarray(score, dtype=np.float64) - bias) / max(float(temperature), _EPS)
     return (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
+
+
+def composed_query(reference: np.ndarray, modifiers: np.ndarray, weights: Sequence[float] | np.ndarray) -> np.ndarray:
+    """Difference arithmetic: "like `reference`, but with more of T_1 (w_1 > 0), less of T_2 (w_2 < 0)...".
+
+    q = n( n(g(ref)) + sum_i w_i n(f(T_i)) )      reference [D], modifiers [M, D], weights [M] -> q [D]
+
+    Derivation. PC-CLIP trains the text embedding of T, a text saying how image I1 differs from
+    image I2, towards the normalised difference of the normalised image embeddings:
+
+        f(T) ~ d(I1, I2) = n( n(g(I1)) - n(g(I2)) ).
+
+    Write c = ||n(g(I1)) - n(g(I2))|| (> 0 for different images). Multiplying by c and moving
+    n(g(I2)) over:
+
+        n(g(I1)) = n(g(I2)) + c * d(I1, I2) ~ n(g(I2)) + c * f(T).
+
+    So the embedding of "an image like I2, but T" is reached by adding f(T) to the reference with
+    a weight playing the part of c (how far to move), and it is compared by cosine, so its length
+    does not matter and we normalise. Several modifiers add up (each is a step along its own
+    difference direction); a negative weight steps along -f(T) ~ d(I2, I1), i.e. "less of T". The
+    identity is exact when f(T) is the true difference direction and w = c: then q = n(g(I1)).
+    The reference can be a text embedding as well (same joint space). With no modifiers q = n(ref).
+    """
+    ref = normalize(np.asarray(reference, dtype=np.float32).reshape(-1))
+    mods = np.asarray(modifiers, dtype=np.float32).reshape(-1, ref.shape[0]) if np.size(modifiers) else np.zeros((0, ref.shape[0]), np.float32)
+    w = np.asarray(weights, dtype=np.float32).reshape(-1)
+    if len(w) != len(mods):
+        raise ValueError(f"{len(mods)} modifiers but {len(w)} weights")
+    return normalize(ref + (w[:, None] * normalize(mods)).sum(axis=0))

@@ -26,6 +26,7 @@ from models.encoders import Encoder
 from models.images import ImageDecodeError
 from service import schemas
 from service.batcher import QueueFull
+from service.collections import CollectionRegistry
 from service.dependencies import ServiceState, image_bytes  # noqa: F401  (image_bytes: public helper, re-exported)
 from service.errors import ApiError, error_response
 from service.inference import InferenceEngine
@@ -87,7 +88,8 @@ class AuthMiddleware:
     """API keys (`Authorization: Bearer KEY` or `X-API-Key: KEY`): 401 missing, 403 wrong.
 
     With keys configured every route but health, metrics and the docs needs one; with
-    `public_reads` only the store writes (PUT/DELETE /v1/stores/...) do.
+    `public_reads` only the store and collection writes (PUT/DELETE /v1/stores/..., adding and
+    deleting collections and items) do.
     """
 
     def __init__(self, app, keys: list[str], public_reads: bool):
@@ -100,7 +102,9 @@ class AuthMiddleware:
         if not self.keys or path in OPEN_PATHS:
             return False
         is_store_write = path.startswith("/v1/stores/") and method in ("PUT", "DELETE", "POST", "PATCH")
-        return is_store_write or not self.public_reads
+        is_collection_write = path.startswith("/v1/collections/") and (
+            method in ("PUT", "DELETE", "PATCH") or (method == "POST" and not path.endswith(("/rank", "/search"))))
+        return is_store_write or is_collection_write or not self.public_reads
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or not self._needs_key(scope):
@@ -226,6 +230,9 @@ def create_app(settings: Settings | None = None, encoder: Encoder | None = None)
         svc.stores = StoreRegistry(settings.redis_url, enc.model_id, enc.fingerprint, metrics,
                                    timeout_s=settings.redis_timeout_s, check_interval_s=settings.redis_check_interval_s)
         await svc.stores.start()
+        svc.collections = CollectionRegistry(svc.stores, enc.model_id, enc.fingerprint, metrics,
+                                             dtype=settings.collection_dtype, log_length=settings.collection_log_length)
+        svc.collections_loaded_in_s = await svc.collections.start()
         metrics.model_info.info({k: str(v) for k, v in enc.info().items()})
         metrics.model_loaded.set(1)
         svc.loaded_at = time.time()

@@ -10,10 +10,12 @@ import asyncio
 import base64
 import binascii
 from dataclasses import dataclass
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import numpy as np
 from fastapi import Depends, Request
+from starlette.datastructures import FormData, UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from models.difference import DEFAULT_ALPHA, DEFAULT_TEMPLATES, Hint, class_embeddings, comparative_prompting
 from models.encoders import Encoder
@@ -24,6 +26,9 @@ from service.inference import InferenceEngine
 from service.metrics import ServiceMetrics
 from service.settings import Settings
 from service.stores import STORE_NAME, ClassStore, StoreRegistry
+
+if TYPE_CHECKING:
+    from service.collections import CollectionRegistry
 
 DEFAULT_TOP_K = 5
 
@@ -37,6 +42,8 @@ class ServiceState:
     encoder: Encoder | None = None
     engine: InferenceEngine | None = None
     stores: StoreRegistry | None = None
+    collections: "CollectionRegistry | None" = None
+    collections_loaded_in_s: float | None = None
     loaded_at: float | None = None
 
 
@@ -99,10 +106,44 @@ def check_store_name(name: str, field: str) -> None:
         raise ApiError(422, "invalid_store_name", "store names are 1-128 characters of letters, digits, '_', '.', '-'", field)
 
 
+def json_or_multipart_body(json_model, multipart_properties: dict) -> dict:
+    """An OpenAPI requestBody for a route that reads JSON (`json_model`) or a multipart form."""
+    return {
+        "required": True,
+        "content": {
+            "application/json": {"schema": json_model.model_json_schema()},
+            "multipart/form-data": {"schema": {"type": "object", "properties": multipart_properties}},
+        },
+    }
+
+
+IMAGE_FILES = {"type": "array", "items": {"type": "string", "format": "binary"}}
+
+
 def top_k_of(top_k: int | None, n: int, default: int | None) -> int:
     """The number of results to return: `top_k`, else `default`, else all; within 1..n."""
     k = top_k if top_k is not None else (default or n)
     return max(1, min(int(k), n))
+
+
+async def read_form(request: Request, svc: ServiceState) -> FormData:
+    """The multipart form of a request (at most `max_items` files and fields), or 400 `invalid_multipart`."""
+    try:
+        return await request.form(max_files=svc.settings.max_items, max_fields=svc.settings.max_items)
+    except StarletteHTTPException:
+        raise
+    except Exception as err:  # malformed multipart
+        raise ApiError(400, "invalid_multipart", f"cannot parse the multipart body: {err}") from None
+
+
+async def upload_bytes(svc: ServiceState, upload: UploadFile, field: str, index: int) -> bytes:
+    """An uploaded image file's bytes, or 413 (over `max_image_bytes`) / 422 (empty)."""
+    blob = await upload.read()
+    if len(blob) > svc.settings.max_image_bytes:
+        raise ApiError(413, "image_too_large", f"image is {len(blob)} bytes, more than the limit of {svc.settings.max_image_bytes}", field, index)
+    if not blob:
+        raise ApiError(422, "invalid_image", "image is empty", field, index)
+    return blob
 
 
 # -- embedding and class helpers ----------------------------------------------------------------
@@ -116,6 +157,15 @@ async def embed_image_strings(svc: ServiceState, values: list[str], fields: list
         err.field = names[err.index] if err.index is not None else names[0]
         if not indexed:
             err.index = None
+        raise
+
+
+async def embed_image_files(svc: ServiceState, data: list[bytes], field: str = "images") -> np.ndarray:
+    """Uploaded image files -> normalised embeddings; a decoding error names `field` and the item's index."""
+    try:
+        return await svc.engine.embed_images(data)
+    except ImageDecodeError as err:
+        err.field = field
         raise
 
 

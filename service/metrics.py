@@ -36,6 +36,14 @@ class ServiceMetrics:
         self.text_cache = Counter("pcclip_text_cache", "text-embedding cache lookups", ["result"], registry=r)
         self.store_lookups = Counter("pcclip_store_lookups", "class store lookups", ["result"], registry=r)
         self.store_writes = Counter("pcclip_store_writes", "class store writes", ["op", "result"], registry=r)
+        self.collection_lookups = Counter("pcclip_collection_lookups", "collection reads by how the replica's copy was found", ["result"], registry=r)
+        self.collection_writes = Counter("pcclip_collection_writes", "collection writes (items for add/remove)", ["op", "result"], registry=r)
+        self.collection_search = Histogram(
+            "pcclip_collection_search_seconds", "one scoring pass over a collection's matrix", buckets=_LATENCY_BUCKETS, registry=r
+        )
+        self.collection_queries_per_pass = Histogram(
+            "pcclip_collection_queries_per_pass", "queries scored together in one pass", buckets=_BATCH_BUCKETS, registry=r
+        )
         self.redis_up = Gauge("pcclip_redis_up", "1 when Redis answers, 0 when it does not", registry=r)
         self.model_info = Info("pcclip_model", "the model being served", registry=r)
         self.model_loaded = Gauge("pcclip_model_loaded", "1 once the model is loaded", registry=r)

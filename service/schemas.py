@@ -6,9 +6,9 @@ Fields may be added; the contract fields are never renamed.
 
 from __future__ import annotations
 
-from typing import Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
 ImageString = str
 
@@ -162,6 +162,112 @@ class StoreInfo(BaseModel):
 class StoreList(BaseModel):
     model: str
     stores: list[str]
+
+
+# -- collections -------------------------------------------------------------------------------
+ItemId = Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[^\x00-\x1f\x7f]+$", description="the caller's id of the item")]
+FilterValue = Union[StrictBool, StrictInt, StrictFloat, StrictStr, None]
+MetadataFilter = dict[str, Union[FilterValue, list[FilterValue]]]
+FILTER_DOC = "items whose metadata has, for every key, this value (or one of the values of a list)"
+
+
+class CollectionRequest(_Request):
+    description: Optional[str] = Field(None, max_length=1000)
+
+
+class CollectionInfo(BaseModel):
+    name: str
+    model: str
+    fingerprint: str
+    dim: int
+    count: int
+    created_at: float
+    description: str
+    dtype: str = Field(description="the replica's matrix: float32 or float16")
+
+
+class CollectionList(BaseModel):
+    model: str
+    collections: list[str]
+
+
+class CollectionItem(_Request):
+    id: ItemId
+    image: ImageString
+    metadata: Optional[dict[str, Any]] = None
+
+
+class AddItemsRequest(_Request):
+    items: list[CollectionItem] = Field(min_length=1)
+
+
+class AddItemsResponse(BaseModel):
+    collection: str
+    added: int
+    ids: list[str]
+    count: int
+
+
+class DeleteItemsRequest(_Request):
+    ids: list[ItemId] = Field(min_length=1)
+
+
+class DeleteItemsResponse(BaseModel):
+    collection: str
+    deleted: int
+    count: int
+
+
+class ItemInfo(BaseModel):
+    id: str
+    metadata: Optional[dict[str, Any]] = None
+    embedding: Optional[list[float]] = None
+
+
+class ItemList(BaseModel):
+    collection: str
+    count: int
+    offset: int
+    ids: list[str]
+
+
+class CollectionCount(BaseModel):
+    collection: str
+    count: int
+
+
+class CollectionRankRequest(_Request):
+    attribute: str
+    top_k: int = Field(10, ge=1)
+    ascending: bool = Field(False, description="lowest scores first (least of the attribute)")
+    filter: Optional[MetadataFilter] = Field(None, description=FILTER_DOC)
+
+
+class Modifier(_Request):
+    text: str
+    weight: float = Field(1.0, ge=-10.0, le=10.0, allow_inf_nan=False, description="> 0: more of the text, < 0: less of it")
+
+
+class CollectionSearchRequest(_Request):
+    image: Optional[ImageString] = None
+    item_id: Optional[ItemId] = None
+    text: Optional[str] = None
+    modifiers: list[Modifier] = Field(default_factory=list)
+    top_k: int = Field(10, ge=1)
+    filter: Optional[MetadataFilter] = Field(None, description=FILTER_DOC)
+
+
+class CollectionHit(BaseModel):
+    id: str
+    score: float
+    metadata: Optional[dict[str, Any]] = None
+
+
+class CollectionResults(BaseModel):
+    model: str
+    collection: str
+    count: int = Field(description="items in the collection")
+    results: list[CollectionHit]
 
 
 # -- health / errors -------------------------------------------------------------------------

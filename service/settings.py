@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -37,6 +37,13 @@ class Settings(BaseSettings):
     max_text_chars: int = Field(2000, gt=0, description="characters per text (then truncated at the model's context)")
     max_classes: int = Field(1000, gt=0, description="classes (and hints, explain candidates) per request or store")
     max_templates: int = Field(64, gt=0, description="templates per classification or store")
+    # collections
+    collection_dtype: Literal["float32", "float16"] = Field("float32", description="collection matrix in each replica (float16: half the memory)")
+    collection_max_items: int = Field(2_000_000, gt=0, description="items per collection")
+    collection_max_top_k: int = Field(10_000, gt=0, description="results per collection rank or search")
+    collection_log_length: int = Field(10_000, gt=0, description="collection change-log entries kept in Redis (replicas further behind reload)")
+    max_metadata_bytes: int = Field(4096, gt=0, description="JSON metadata per collection item")
+    max_modifiers: int = Field(16, gt=0, description="modifiers per collection search")
     # batching
     max_batch_size: int = Field(32, gt=0, description="items per tower call")
     max_wait_ms: float = Field(5.0, ge=0, description="how long a batch waits for more requests")

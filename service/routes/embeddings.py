@@ -5,30 +5,14 @@ from __future__ import annotations
 import base64
 
 from fastapi import APIRouter, Request
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from models.images import ImageDecodeError
 from service import schemas
-from service.dependencies import Service, check_count, check_texts, embed_image_strings
+from service.dependencies import IMAGE_FILES, Service, check_count, check_texts, embed_image_files, embed_image_strings, json_or_multipart_body, read_form, upload_bytes
 from service.errors import ApiError
 
 router = APIRouter(tags=["embeddings"])
 
-EMBED_BODY = {
-    "required": True,
-    "content": {
-        "application/json": {"schema": schemas.EmbedRequest.model_json_schema()},
-        "multipart/form-data": {
-            "schema": {
-                "type": "object",
-                "properties": {
-                    "images": {"type": "array", "items": {"type": "string", "format": "binary"}},
-                    "texts": {"type": "array", "items": {"type": "string"}},
-                },
-            }
-        },
-    },
-}
+EMBED_BODY = json_or_multipart_body(schemas.EmbedRequest, {"images": IMAGE_FILES, "texts": {"type": "array", "items": {"type": "string"}}})
 
 
 @router.post("/v1/embed", response_model=schemas.EmbedResponse, openapi_extra={"requestBody": EMBED_BODY})
@@ -37,12 +21,7 @@ async def embed(request: Request, svc: Service):
     settings = svc.settings
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("multipart/form-data"):
-        try:
-            form = await request.form(max_files=settings.max_items, max_fields=settings.max_items)
-        except StarletteHTTPException:
-            raise
-        except Exception as err:  # malformed multipart
-            raise ApiError(400, "invalid_multipart", f"cannot parse the multipart body: {err}") from None
+        form = await read_form(request, svc)
         texts = [str(t) for t in form.getlist("texts") if isinstance(t, str)]
         uploads = [f for f in form.getlist("images") if not isinstance(f, str)]
         if any(isinstance(v, str) for v in form.getlist("images")):
@@ -50,19 +29,8 @@ async def embed(request: Request, svc: Service):
         check_count(uploads, "images", settings.max_items)
         check_count(texts, "texts", settings.max_items)
         check_texts(svc, texts, "texts")
-        data = []
-        for i, up in enumerate(uploads):
-            blob = await up.read()
-            if len(blob) > settings.max_image_bytes:
-                raise ApiError(413, "image_too_large", f"image is {len(blob)} bytes, more than the limit of {settings.max_image_bytes}", "images", i)
-            if not blob:
-                raise ApiError(422, "invalid_image", "image is empty", "images", i)
-            data.append(blob)
-        try:
-            image_embs = await svc.engine.embed_images(data)
-        except ImageDecodeError as err:
-            err.field = "images"
-            raise
+        data = [await upload_bytes(svc, up, "images", i) for i, up in enumerate(uploads)]
+        image_embs = await embed_image_files(svc, data)
     else:
         req = schemas.EmbedRequest.model_validate_json(await request.body())
         texts = req.texts or []

@@ -7,6 +7,7 @@ from models.difference import (
     class_embeddings,
     compare,
     compare_probability,
+    composed_query,
     comparative_prompting,
     normalize,
     pair_difference,
@@ -117,3 +118,33 @@ def test_compare_probability_is_monotone_and_half_at_zero():
     p = compare_probability(np.array([-0.5, 0.0, 0.5]))
     assert p[1] == pytest.approx(0.5)
     assert p[0] < p[1] < p[2]
+
+
+def test_composed_query_recovers_the_target_by_the_pc_clip_identity():
+    """f(T) = d(I1, I2) and w = ||n(g(I1)) - n(g(I2))|| give exactly q = n(g(I1)) (the training identity)."""
+    g1, g2 = rng.normal(size=(2, 32)).astype(np.float32) * 3.0  # unnormalised image embeddings
+    f_t = pair_difference(g1, g2)
+    c = float(np.linalg.norm(normalize(g1) - normalize(g2)))
+    q = composed_query(g2, f_t[None, :], [c])
+    np.testing.assert_allclose(q, normalize(g1), atol=1e-5)
+    # a negative weight walks the other way: from I1 back to I2 ("less of T")
+    np.testing.assert_allclose(composed_query(g1, f_t[None, :] * 5.0, [-c]), normalize(g2), atol=1e-5)
+    # and the target then ranks first among other images
+    others = rng.normal(size=(50, 32)).astype(np.float32)
+    order, _ = rank(np.vstack([others, g1[None, :]]), q)
+    assert order[0] == 50
+
+
+def test_composed_query_weights_add_up_and_scale():
+    ref = rng.normal(size=16).astype(np.float32)
+    mods = rng.normal(size=(2, 16)).astype(np.float32)
+    q = composed_query(ref, mods, [0.5, -0.25])
+    expected = normalize(normalize(ref) + 0.5 * normalize(mods[0]) - 0.25 * normalize(mods[1]))
+    np.testing.assert_allclose(q, expected, atol=1e-6)
+    assert abs(float(np.linalg.norm(q)) - 1.0) < 1e-5
+    # larger positive weight -> closer to the modifier's direction
+    near = [float(composed_query(ref, mods[:1], [w]) @ normalize(mods[0])) for w in (0.0, 0.5, 2.0)]
+    assert near[0] < near[1] < near[2]
+    np.testing.assert_allclose(composed_query(ref, np.zeros((0, 16)), []), normalize(ref), atol=1e-6)
+    with pytest.raises(ValueError):
+        composed_query(ref, mods, [1.0])

@@ -7,19 +7,10 @@ import time
 
 import pytest
 
-from tests.service.conftest import RedisServer, service_client
+from tests.service.conftest import RedisServer, service_client, wait_for
 
 STORE = {"classes": ["crow", "raven", "jay"], "templates": ["a photo of a {}."],
          "hints": [{"a": "crow", "b": "raven", "text": "The first bird is smaller than the second."}]}
-
-
-def _wait_for(predicate, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_store_survives_app_restart_and_is_not_reencoded(encoder, redis_url, photo_b64):
@@ -53,7 +44,7 @@ def test_redis_down_serves_from_cache_and_recovers(encoder, tmp_path, photo_b64)
         with service_client(encoder, server.url) as client:
             assert client.put("/v1/stores/kept", json=STORE).status_code == 200
             server.stop()  # Redis goes away mid-test
-            assert _wait_for(lambda: client.get("/readyz").json()["redis"]["up"] is False)
+            assert wait_for(lambda: client.get("/readyz").json()["redis"]["up"] is False)
             metrics = client.get("/metrics").text
             assert "pcclip_redis_up 0.0" in metrics
             # serving goes on from the in-process cache, without re-encoding the classes
@@ -74,7 +65,7 @@ def test_redis_down_serves_from_cache_and_recovers(encoder, tmp_path, photo_b64)
             assert client.post("/v1/embeddings", json={"input": "still serving"}).status_code == 200
             # Redis comes back on the same port with its AOF: the app reconnects by itself
             server.start()
-            assert _wait_for(lambda: client.get("/readyz").json()["redis"]["up"] is True)
+            assert wait_for(lambda: client.get("/readyz").json()["redis"]["up"] is True)
             assert "pcclip_redis_up 1.0" in client.get("/metrics").text
             assert client.put("/v1/stores/new", json=STORE).status_code == 200
             assert client.get("/v1/stores").json()["stores"] == ["kept", "new"]
@@ -95,7 +86,7 @@ def test_service_starts_with_redis_down(encoder, tmp_path, photo_b64):
         assert client.put("/v1/stores/x", json=STORE).status_code == 503
         server.start()
         try:
-            assert _wait_for(lambda: client.get("/readyz").json()["redis"]["up"] is True)
+            assert wait_for(lambda: client.get("/readyz").json()["redis"]["up"] is True)
             assert client.put("/v1/stores/x", json=STORE).status_code == 200
         finally:
             server.stop()
