@@ -305,8 +305,8 @@ class CollectionRegistry:
         return coll  # writes made during the scan are in the log after `log_id`: the caller applies them
 
     # -- items -----------------------------------------------------------------------------------
-    async def add(self, coll: Collection, ids: list[str], vectors: np.ndarray, metadata: list[dict | None]) -> None:
-        """Store items (replacing same ids) in Redis, then bring this replica's index up to date."""
+    async def add(self, coll: Collection, ids: list[str], vectors: np.ndarray, metadata: list[dict | None], refresh: bool = True) -> None:
+        """Store items (replacing same ids) in Redis, then (`refresh`) bring this replica's index up to date."""
         meta_key, vec_key, md_key, log_key = self._keys(coll.name)
         args: list = [coll.uid, self.log_length, json.dumps(ids)]
         vectors = np.ascontiguousarray(vectors, dtype="<f4")
@@ -317,7 +317,8 @@ class CollectionRegistry:
             self.cache.pop(coll.name, None)
             raise CollectionGone(coll.name)
         self.metrics.collection_writes.labels("add", "ok").inc(len(ids))
-        await self._after_write(coll.name)
+        if refresh:
+            await self._after_write(coll.name)
 
     async def remove(self, coll: Collection, ids: list[str]) -> int:
         """Delete items by id; returns how many existed."""

@@ -127,9 +127,9 @@ def top_k_of(top_k: int | None, n: int, default: int | None) -> int:
 
 
 async def read_form(request: Request, svc: ServiceState) -> FormData:
-    """The multipart form of a request (at most `max_items` files and fields), or 400 `invalid_multipart`."""
+    """The multipart form of a request (at most `max_items` files, and fields for 3 per file), or 400 `invalid_multipart`."""
     try:
-        return await request.form(max_files=svc.settings.max_items, max_fields=svc.settings.max_items)
+        return await request.form(max_files=svc.settings.max_items, max_fields=3 * svc.settings.max_items)
     except StarletteHTTPException:
         raise
     except Exception as err:  # malformed multipart

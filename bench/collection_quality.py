@@ -1,0 +1,140 @@
+"""Composed search quality on CUB: "like this photo, but larger / smaller / redder ...".
+
+The collection is the CUB test photos of the reserved classes (never trained on). Each query is a
+photo plus one modifier: "a larger bird", "a smaller bird", or a colour text (the colour rank
+attributes of `training.evaluate.RANK_ATTRIBUTES`). The search is the service's:
+q = n(n(g(ref)) + w n(f(T))) (`models.difference.composed_query`), cosine top 10, the reference
+left out. A query is right when the mean class attribute value of its top 10 moves the asked way
+from the query's class value (size: the ordinal size score; colours: the class attribute
+percentage); only queries where at least 10 photos lie that way are counted. "Kept" is the share of
+the top 10 whose class has the query class's dominant value for the other attribute groups (size
+queries: primary colour and shape; colour queries: size and shape): how close the results stay.
+
+Beside it: the base model (same search), text-only search (q = f(T)) and image-only search
+(q = g(ref)). The weight w is swept; seen-class test photos (other classes, same protocol) are
+shown too, to choose it without looking at the reserved classes.
+
+    nice -n 10 .venv/bin/python -m bench.collection_quality [--model pcclip-mini] [--base pcclip-mini:base]
+
+Writes docs/results/collections/quality.json. Rerun it after the default weights change.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+from pathlib import Path
+
+import numpy as np
+
+from bench.harness import REPO_ROOT
+from models.difference import composed_query, normalize
+
+OUT = REPO_ROOT / "docs" / "results" / "collections" / "quality.json"
+WEIGHTS = (0.25, 0.5, 1.0, 2.0, 4.0)
+TOP = 10
+SAME_PHOTO = 0.9999
+
+
+def modifiers():
+    from training.evaluate import RANK_ATTRIBUTES
+
+    colours = [(text, column, 1.0, "colour") for group, text, column in RANK_ATTRIBUTES if group == "colour"]
+    return [("a larger bird", None, 1.0, "size"), ("a smaller bird", None, -1.0, "size"), *colours]
+
+
+KEEP_GROUPS = {"size": ("has_primary_color", "has_shape"), "colour": ("has_size", "has_shape")}
+
+
+def dominant(table, classes: list[str], group: str) -> np.ndarray:
+    columns = table.groups()[group]
+    return np.array([int(np.nanargmax([table.value(c, a) for a in columns])) for c in classes])
+
+
+def evaluate(images: np.ndarray, classes: list[str], text_embs: dict, setup, mode: str, weight: float) -> dict:
+    """Accuracy and kept share of one search mode over every (photo, modifier) query that can move."""
+    from training.evaluate import attribute_values
+
+    images = normalize(images)
+    same = images @ images.T >= SAME_PHOTO  # a photo and its stored copies
+    per_modifier, rights, keeps = {}, [], []
+    doms = {g: dominant(setup.table, classes, g) for g in ("has_primary_color", "has_shape", "has_size")}
+    for text, column, direction, group in modifiers():
+        values = attribute_values(setup, column, classes)
+        t = text_embs[text]
+        if mode == "composed":
+            q = np.stack([composed_query(images[i], t[None, :], [weight]) for i in range(len(images))])
+        elif mode == "text":
+            q = np.repeat(normalize(t)[None, :], len(images), axis=0)
+        else:  # image only
+            q = images
+        scores = q @ images.T
+        scores[same] = -np.inf
+        right, kept = [], []
+        for i in range(len(images)):
+            ahead = direction * (values - values[i]) > 0
+            if ahead.sum() < TOP or np.isnan(values[i]):
+                continue
+            top = np.argpartition(-scores[i], TOP)[:TOP]
+            right.append(direction * (np.nanmean(values[top]) - values[i]) > 0)
+            kept.append(np.mean([doms[g][top] == doms[g][i] for g in KEEP_GROUPS[group]]))
+        per_modifier[text] = {"right": float(np.mean(right)), "kept": float(np.mean(kept)), "queries": len(right)}
+        rights += right
+        keeps += kept
+    return {"right": float(np.mean(rights)), "kept": float(np.mean(keeps)), "queries": len(rights), "per_modifier": per_modifier}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="pcclip-mini")
+    parser.add_argument("--base", default="pcclip-mini:base")
+    parser.add_argument("--out", default=str(OUT))
+    parser.add_argument("--max-photos-per-class", type=int, default=None, help="fewer photos (quick trials)")
+    parser.add_argument("--seen-photos-per-class", type=int, default=8, help="test photos per seen class (the weight check)")
+    args = parser.parse_args(argv)
+
+    from training.data import RESERVED_SPLIT, default_data_dir
+    from training.evaluate import build_setup, embed_model
+    from training.features import default_cache_dir
+
+    root = default_data_dir()
+    setup = build_setup(root, RESERVED_SPLIT, args.max_photos_per_class)
+    reserved = set(setup.reserved)
+    splits = {"reserved": [im for im in setup.test_images if im.class_name in reserved],
+              "seen": [im for im in setup.test_images if im.class_name not in reserved]}
+    seen, per_class = [], {}
+    for im in splits["seen"]:
+        per_class[im.class_name] = per_class.get(im.class_name, 0) + 1
+        if per_class[im.class_name] <= args.seen_photos_per_class:
+            seen.append(im)
+    splits["seen"] = seen
+    setup.test_images = splits["reserved"] + splits["seen"]
+    paths = sorted({im.path for im in setup.test_images})  # reserved: all test photos; seen: a few per class
+    texts = [m[0] for m in modifiers()]
+    result = {"command": "nice -n 10 .venv/bin/python -m bench.collection_quality " + " ".join(argv or []),
+              "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO_ROOT).stdout.strip(),
+              "top": TOP, "models": {}, "results": {}}
+    for name, spec in (("pcclip", args.model), ("base", args.base)):
+        m = embed_model(name, spec, paths, root, default_cache_dir())
+        result["models"][name] = {"spec": spec, "model_id": m.loaded.model_id, "fingerprint": m.loaded.fingerprint}
+        text_embs = dict(zip(texts, m.encode_texts(texts)))
+        for split, photos in splits.items():
+            images = m.image_matrix([im.path for im in photos])
+            classes = [im.class_name for im in photos]
+            runs = {f"composed w={w:g}": evaluate(images, classes, text_embs, setup, "composed", w) for w in WEIGHTS}
+            if name == "pcclip":
+                runs["text only"] = evaluate(images, classes, text_embs, setup, "text", 0)
+                runs["image only"] = evaluate(images, classes, text_embs, setup, "image", 0)
+            result["results"].setdefault(split, {})[name] = runs
+            for label, r in runs.items():
+                print(f"{split:8s} {name:6s} {label:16s} right {r['right']:.3f}  kept {r['kept']:.3f}  ({r['queries']} queries)", flush=True)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

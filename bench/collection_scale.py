@@ -1,0 +1,159 @@
+"""Collections at scale: exact in-process search over 10k / 100k / 1M synthetic normalised vectors.
+
+For each size and matrix dtype: the vectors are written to a fresh Redis (AOF) in the service's
+storage format, `pcclip serve` is started on it (the time to ready includes loading the collection
+from Redis; the load itself is reported by /readyz), then rank (`{"attribute"}`) and search
+(`{"item_id", "modifiers"}`) requests run at a fixed concurrency; p50/p99 latency and the server's
+resident memory (minus that of the same server with no collection) are reported, and plotted.
+
+    nice -n 10 .venv/bin/python -m bench.collection_scale --sizes 10000 100000 1000000 --dtypes float32 float16
+
+Writes docs/results/collections/scale.json and scale.png. Talks to 127.0.0.1 only, bounded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from bench.harness import REPO_ROOT, RedisServer, Request, ServeProcess, run_load
+
+OUT_DIR = REPO_ROOT / "docs" / "results" / "collections"
+ATTRIBUTES = ["a larger bird", "a smaller bird", "a bluer bird", "a whiter bird", "a bird with a redder crown",
+              "a bird with blacker wings", "a bird with a yellower breast", "a bird with a longer bill"]
+WRITE_BATCH = 5000
+
+
+async def fill(redis_url: str, model: str, fingerprint: str, dim: int, n: int, seed: int = 0) -> float:
+    """Write n random unit vectors (ids v0..v{n-1}) as collection 'synthetic'; returns seconds."""
+    from service.collections import CollectionRegistry
+    from service.metrics import ServiceMetrics
+    from service.stores import StoreRegistry
+
+    metrics = ServiceMetrics()
+    stores = StoreRegistry(redis_url, model, fingerprint, metrics, timeout_s=30.0)
+    await stores.start()
+    registry = CollectionRegistry(stores, model, fingerprint, metrics, log_length=100)
+    coll, _ = await registry.create("synthetic", dim)
+    rng = np.random.default_rng(seed)
+    started = time.perf_counter()
+    for start in range(0, n, WRITE_BATCH):
+        count = min(WRITE_BATCH, n - start)
+        v = rng.standard_normal((count, dim), dtype=np.float32)
+        v /= np.linalg.norm(v, axis=1, keepdims=True)
+        await registry.add(coll, [f"v{i}" for i in range(start, start + count)], v, [None] * count, refresh=False)
+    took = time.perf_counter() - started
+    await stores.stop()
+    return took
+
+
+def requests_for(n: int, count: int, seed: int = 1) -> list[Request]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(count):
+        attr = ATTRIBUTES[i % len(ATTRIBUTES)]
+        if i % 2 == 0:
+            out.append(Request("POST", "/v1/collections/synthetic/rank", {"attribute": attr, "top_k": 10}, tag="rank"))
+        else:
+            body = {"item_id": f"v{int(rng.integers(n))}", "modifiers": [{"text": attr, "weight": 1.0}], "top_k": 10}
+            out.append(Request("POST", "/v1/collections/synthetic/search", body, tag="search"))
+    return out
+
+
+def measure(model: str, n: int, dtype: str, info: dict, workdir: Path, requests: int, concurrency: int, base_rss: int) -> dict:
+    redis = RedisServer(workdir / f"redis-{n}-{dtype}").start()
+    try:
+        fill_s = asyncio.run(fill(redis.url, info["model"], info["fingerprint"], info["dim"], n))
+        redis_mem = int(redis.client().info("memory")["used_memory"])
+        with ServeProcess(model, redis.url, workdir / f"serve-{n}-{dtype}.log", env={"PCCLIP_COLLECTION_DTYPE": dtype}) as server:
+            ready = httpx.get(f"{server.base_url}/readyz", timeout=30).json()
+            assert ready["collections"]["items"] == n, ready["collections"]
+            # warm the text cache (the attribute texts), then the timed run
+            run_load(server.base_url, requests_for(n, 2 * len(ATTRIBUTES)), concurrency=1, deadline_s=600)
+            report = run_load(server.base_url, requests_for(n, requests), concurrency=concurrency, deadline_s=900, timeout_s=120)
+            rss = server.rss_bytes()
+        statuses = sorted({r.status for r in report.results})
+        by_tag = {}
+        for tag in ("rank", "search"):
+            lat = np.array([r.latency_s for r in report.results if r.tag == tag and r.status == 200]) * 1000
+            by_tag[tag] = {"p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)), "n": int(len(lat))}
+        return {
+            "n": n, "dtype": dtype, "fill_s": round(fill_s, 1), "redis_used_memory_mb": round(redis_mem / 2**20, 1),
+            "cold_start_s": round(server.cold_start_s, 2), "load_from_redis_s": round(ready["collections"]["loaded_in_s"], 2),
+            "rss_mb": round(rss / 2**20, 1), "rss_over_empty_mb": round((rss - base_rss) / 2**20, 1),
+            "matrix_mb": round(n * info["dim"] * (2 if dtype == "float16" else 4) / 2**20, 1),
+            "concurrency": concurrency, "statuses": statuses, **{f"{t}_{k}": v for t, d in by_tag.items() for k, v in d.items()},
+        }
+    finally:
+        redis.stop()
+        shutil.rmtree(workdir / f"redis-{n}-{dtype}", ignore_errors=True)
+
+
+def plot(points: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    for dtype in sorted({p["dtype"] for p in points}):
+        pts = sorted((p for p in points if p["dtype"] == dtype), key=lambda p: p["n"])
+        ns = [p["n"] for p in pts]
+        a.plot(ns, [p["rank_p99_ms"] for p in pts], "o-", label=f"rank p99 {dtype}")
+        a.plot(ns, [p["search_p99_ms"] for p in pts], "s--", label=f"search p99 {dtype}")
+        b.plot(ns, [p["rss_over_empty_mb"] for p in pts], "o-", label=f"replica memory {dtype}")
+    a.axhline(150, color="grey", lw=0.8, ls=":", label="150 ms target")
+    b.axhline(2048, color="grey", lw=0.8, ls=":", label="2 GB target")
+    for ax, title in ((a, f"latency at concurrency {points[0]['concurrency']} (ms)"), (b, "server memory over an empty one (MB)")):
+        ax.set_xscale("log")
+        ax.set_xlabel("vectors in the collection")
+        ax.set_title(title)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="pcclip-mini", help="model spec or bundle the server loads")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    parser.add_argument("--dtypes", nargs="+", default=["float32", "float16"], choices=["float32", "float16"])
+    parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--out", default=str(OUT_DIR))
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="pcclip-scale-") as tmp:
+        workdir = Path(tmp)
+        redis = RedisServer(workdir / "redis-empty").start()
+        try:
+            with ServeProcess(args.model, redis.url, workdir / "serve-empty.log") as server:
+                info = httpx.get(f"{server.base_url}/readyz", timeout=30).json()
+                base_rss = server.rss_bytes()
+        finally:
+            redis.stop()
+        points = []
+        for n in args.sizes:
+            for dtype in args.dtypes:
+                point = measure(args.model, n, dtype, info, workdir, args.requests, args.concurrency, base_rss)
+                print(json.dumps(point), flush=True)
+                points.append(point)
+    result = {"command": "nice -n 10 .venv/bin/python -m bench.collection_scale " + " ".join(argv or []),
+              "model": info["model"], "dim": info["dim"], "empty_server_rss_mb": round(base_rss / 2**20, 1), "points": points}
+    (out / "scale.json").write_text(json.dumps(result, indent=1))
+    plot(points, out / "scale.png")
+    print(f"wrote {out / 'scale.json'} and {out / 'scale.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
