@@ -5,6 +5,8 @@ storage format, `pcclip serve` is started on it (the time to ready includes load
 from Redis; the load itself is reported by /readyz), then rank (`{"attribute"}`) and search
 (`{"item_id", "modifiers"}`) requests run at a fixed concurrency; p50/p99 latency and the server's
 resident memory (minus that of the same server with no collection) are reported, and plotted.
+Beside them, the in-process cost of one scoring pass (`ExactIndex.search`, 1 and 4 queries), which
+is what the HTTP figures add to the service's per-request overhead.
 
     nice -n 10 .venv/bin/python -m bench.collection_scale --sizes 10000 100000 1000000 --dtypes float32 float16
 
@@ -24,7 +26,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from bench.harness import REPO_ROOT, RedisServer, Request, ServeProcess, run_load
+from bench.harness import REPO_ROOT, RedisServer, Request, ServeProcess, run_load, started
 
 OUT_DIR = REPO_ROOT / "docs" / "results" / "collections"
 ATTRIBUTES = ["a larger bird", "a smaller bird", "a bluer bird", "a whiter bird", "a bird with a redder crown",
@@ -55,6 +57,28 @@ async def fill(redis_url: str, model: str, fingerprint: str, dim: int, n: int, s
     return took
 
 
+def pass_times(n: int, dim: int, dtype: str, seed: int = 0) -> dict:
+    """In-process ExactIndex.search of 1 and of 4 queries over n vectors (no HTTP): median ms of 5."""
+    from service.vector_index import ExactIndex, Query
+
+    rng = np.random.default_rng(seed)
+    index = ExactIndex(dim, dtype, capacity=n)
+    for start in range(0, n, 50_000):
+        count = min(50_000, n - start)
+        v = rng.standard_normal((count, dim), dtype=np.float32)
+        index.upsert([f"v{i}" for i in range(start, start + count)], v, [None] * count)
+    out = {}
+    for batch in (1, 4):
+        queries = [Query(q / np.linalg.norm(q), 10) for q in rng.standard_normal((batch, dim), dtype=np.float32)]
+        times = []
+        for _ in range(5):
+            started = time.perf_counter()
+            index.search(queries)
+            times.append((time.perf_counter() - started) * 1000)
+        out[f"pass_{batch}q_ms"] = round(float(np.median(times)), 1)
+    return out
+
+
 def requests_for(n: int, count: int, seed: int = 1) -> list[Request]:
     rng = np.random.default_rng(seed)
     out = []
@@ -69,11 +93,12 @@ def requests_for(n: int, count: int, seed: int = 1) -> list[Request]:
 
 
 def measure(model: str, n: int, dtype: str, info: dict, workdir: Path, requests: int, concurrency: int, base_rss: int) -> dict:
+    passes = pass_times(n, info["dim"], dtype)
     redis = RedisServer(workdir / f"redis-{n}-{dtype}").start()
     try:
         fill_s = asyncio.run(fill(redis.url, info["model"], info["fingerprint"], info["dim"], n))
         redis_mem = int(redis.client().info("memory")["used_memory"])
-        with ServeProcess(model, redis.url, workdir / f"serve-{n}-{dtype}.log", env={"PCCLIP_COLLECTION_DTYPE": dtype}) as server:
+        with started(ServeProcess(model, redis.url, workdir / f"serve-{n}-{dtype}.log", env={"PCCLIP_COLLECTION_DTYPE": dtype})) as server:
             ready = httpx.get(f"{server.base_url}/readyz", timeout=30).json()
             assert ready["collections"]["items"] == n, ready["collections"]
             # warm the text cache (the attribute texts), then the timed run
@@ -90,7 +115,7 @@ def measure(model: str, n: int, dtype: str, info: dict, workdir: Path, requests:
             "cold_start_s": round(server.cold_start_s, 2), "load_from_redis_s": round(ready["collections"]["loaded_in_s"], 2),
             "rss_mb": round(rss / 2**20, 1), "rss_over_empty_mb": round((rss - base_rss) / 2**20, 1),
             "matrix_mb": round(n * info["dim"] * (2 if dtype == "float16" else 4) / 2**20, 1),
-            "concurrency": concurrency, "statuses": statuses, **{f"{t}_{k}": v for t, d in by_tag.items() for k, v in d.items()},
+            "concurrency": concurrency, "statuses": statuses, **passes, **{f"{t}_{k}": v for t, d in by_tag.items() for k, v in d.items()},
         }
     finally:
         redis.stop()
@@ -136,7 +161,7 @@ def main(argv=None) -> int:
         workdir = Path(tmp)
         redis = RedisServer(workdir / "redis-empty").start()
         try:
-            with ServeProcess(args.model, redis.url, workdir / "serve-empty.log") as server:
+            with started(ServeProcess(args.model, redis.url, workdir / "serve-empty.log")) as server:
                 info = httpx.get(f"{server.base_url}/readyz", timeout=30).json()
                 base_rss = server.rss_bytes()
         finally:

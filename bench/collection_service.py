@@ -31,7 +31,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from bench.harness import REPO_ROOT, RedisServer, ServeProcess
+from bench.harness import REPO_ROOT, START_TIMEOUT_S, RedisServer, ServeProcess, started
 
 OUT = REPO_ROOT / "docs" / "results" / "collections" / "service.json"
 ATTRIBUTE = "a larger bird"
@@ -64,7 +64,7 @@ def main(argv=None) -> int:
         tmp = Path(tmp)
         redis = RedisServer(tmp / "redis").start()
         try:
-            server = ServeProcess(args.model, redis.url, tmp / "serve.log").start()
+            server = ServeProcess(args.model, redis.url, tmp / "serve.log").start(timeout_s=START_TIMEOUT_S)
             try:
                 client = httpx.Client(base_url=server.base_url, timeout=300)
                 result["model"] = client.get("/readyz").json()["model"]
@@ -112,7 +112,7 @@ def main(argv=None) -> int:
             finally:
                 server.stop()
             # 4. restart
-            with ServeProcess(args.model, redis.url, tmp / "serve2.log") as server:
+            with started(ServeProcess(args.model, redis.url, tmp / "serve2.log")) as server:
                 client = httpx.Client(base_url=server.base_url, timeout=300)
                 ready = client.get("/readyz").json()
                 again = client.post("/v1/collections/cub-test/rank", json={"attribute": ATTRIBUTE, "top_k": len(photos)}).json()["results"]

@@ -217,6 +217,19 @@ class ServeProcess:
         self.stop()
 
 
+START_TIMEOUT_S = 900.0  # a model load on a busy 2-core machine can take minutes
+
+
+@contextlib.contextmanager
+def started(server: ServeProcess, timeout_s: float = START_TIMEOUT_S):
+    """`server` started (waiting up to `timeout_s` for /readyz), stopped on exit."""
+    server.start(timeout_s=timeout_s)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 # -- the load client --------------------------------------------------------------------------
 @dataclass
 class Request:
