@@ -95,7 +95,7 @@ def read_entries(source: Path) -> tuple[list[Entry], list[Failure]]:
 def _progress(total: int):
     from tqdm import tqdm
 
-    return tqdm(total=total, unit="img", desc="index", dynamic_ncols=True, file=sys.stderr, mininterval=0.5)
+    return tqdm(total=total, unit="img", desc="index", dynamic_ncols=True, file=sys.stderr, mininterval=0.5, disable=None)
 
 
 # -- through the service -----------------------------------------------------------------------------
