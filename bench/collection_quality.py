@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -112,7 +113,7 @@ def main(argv=None) -> int:
     setup.test_images = splits["reserved"] + splits["seen"]
     paths = sorted({im.path for im in setup.test_images})  # reserved: all test photos; seen: a few per class
     texts = [m[0] for m in modifiers()]
-    result = {"command": "nice -n 10 .venv/bin/python -m bench.collection_quality " + " ".join(argv or []),
+    result = {"command": "nice -n 10 .venv/bin/python -m bench.collection_quality " + " ".join(sys.argv[1:] if argv is None else argv),
               "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO_ROOT).stdout.strip(),
               "top": TOP, "models": {}, "results": {}}
     for name, spec in (("pcclip", args.model), ("base", args.base)):

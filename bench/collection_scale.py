@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import json
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -31,7 +32,7 @@ from bench.harness import REPO_ROOT, RedisServer, Request, ServeProcess, run_loa
 OUT_DIR = REPO_ROOT / "docs" / "results" / "collections"
 ATTRIBUTES = ["a larger bird", "a smaller bird", "a bluer bird", "a whiter bird", "a bird with a redder crown",
               "a bird with blacker wings", "a bird with a yellower breast", "a bird with a longer bill"]
-WRITE_BATCH = 5000
+WRITE_BATCH = 1000  # items per Lua script: a long script blocks Redis (BUSY) for everyone
 
 
 async def fill(redis_url: str, model: str, fingerprint: str, dim: int, n: int, seed: int = 0) -> float:
@@ -122,6 +123,69 @@ def measure(model: str, n: int, dtype: str, info: dict, workdir: Path, requests:
         shutil.rmtree(workdir / f"redis-{n}-{dtype}", ignore_errors=True)
 
 
+async def _in_process(redis_url: str, info: dict, n: int, dtype: str, requests: int, concurrency: int, seed: int = 2) -> dict:
+    """The service's collection path without HTTP or a model: load from Redis, then concurrent rank/search passes."""
+    import psutil
+
+    from models.difference import composed_query
+    from service.collections import CollectionRegistry
+    from service.metrics import ServiceMetrics
+    from service.stores import StoreRegistry
+    from service.vector_index import Query
+
+    rss_before = psutil.Process().memory_info().rss
+    metrics = ServiceMetrics()
+    stores = StoreRegistry(redis_url, info["model"], info["fingerprint"], metrics, timeout_s=60.0)
+    await stores.start()
+    registry = CollectionRegistry(stores, info["model"], info["fingerprint"], metrics, dtype=dtype)
+    load_s = await registry.start()
+    rss = psutil.Process().memory_info().rss - rss_before
+    coll = registry.cache["synthetic"]
+    rng = np.random.default_rng(seed)
+    texts = rng.standard_normal((len(ATTRIBUTES), info["dim"]), dtype=np.float32)
+    latencies: dict[str, list[float]] = {"rank": [], "search": []}
+
+    async def one(i: int) -> None:
+        started = time.perf_counter()
+        fresh = await registry.get("synthetic")  # the per-request freshness check (one Redis round trip)
+        text = texts[i % len(texts)]
+        if i % 2 == 0:
+            q, tag, excluded = text / np.linalg.norm(text), "rank", ()
+        else:
+            item = f"v{int(rng.integers(n))}"
+            q, tag = composed_query(fresh.index.get(item)[0], text[None, :], [1.0]), "search"
+            excluded = (fresh.index.row_of(item),)
+        await registry.search(fresh, fresh.index.snapshot(), [Query(q, 10 + (8 if tag == "search" else 0), None, excluded)])
+        latencies[tag].append((time.perf_counter() - started) * 1000)
+
+    queue = list(range(requests))
+
+    async def worker():
+        while queue:
+            await one(queue.pop())
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    await stores.stop()
+    out = {"load_from_redis_s": round(load_s, 2), "process_memory_mb": round(rss / 2**20, 1), "items": len(coll.index)}
+    for tag, lat in latencies.items():
+        out[f"{tag}_p50_ms"] = round(float(np.percentile(lat, 50)), 1)
+        out[f"{tag}_p99_ms"] = round(float(np.percentile(lat, 99)), 1)
+    return out
+
+
+def measure_in_process(n: int, dtype: str, info: dict, workdir: Path, requests: int, concurrency: int) -> dict:
+    redis = RedisServer(workdir / f"redis-{n}-{dtype}").start()
+    try:
+        fill_s = asyncio.run(fill(redis.url, info["model"], info["fingerprint"], info["dim"], n))
+        redis_mem = int(redis.client().info("memory")["used_memory"])
+        point = asyncio.run(_in_process(redis.url, info, n, dtype, requests, concurrency))
+        return {"n": n, "dtype": dtype, "mode": "in-process", "fill_s": round(fill_s, 1), "redis_used_memory_mb": round(redis_mem / 2**20, 1),
+                "matrix_mb": round(n * info["dim"] * (2 if dtype == "float16" else 4) / 2**20, 1), "concurrency": concurrency, **point}
+    finally:
+        redis.stop()
+        shutil.rmtree(workdir / f"redis-{n}-{dtype}", ignore_errors=True)
+
+
 def plot(points: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -134,7 +198,7 @@ def plot(points: list[dict], path: Path) -> None:
         ns = [p["n"] for p in pts]
         a.plot(ns, [p["rank_p99_ms"] for p in pts], "o-", label=f"rank p99 {dtype}")
         a.plot(ns, [p["search_p99_ms"] for p in pts], "s--", label=f"search p99 {dtype}")
-        b.plot(ns, [p["rss_over_empty_mb"] for p in pts], "o-", label=f"replica memory {dtype}")
+        b.plot(ns, [p.get("rss_over_empty_mb", p.get("process_memory_mb")) for p in pts], "o-", label=f"replica memory {dtype}")
     a.axhline(150, color="grey", lw=0.8, ls=":", label="150 ms target")
     b.axhline(2048, color="grey", lw=0.8, ls=":", label="2 GB target")
     for ax, title in ((a, f"latency at concurrency {points[0]['concurrency']} (ms)"), (b, "server memory over an empty one (MB)")):
@@ -154,9 +218,27 @@ def main(argv=None) -> int:
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--out", default=str(OUT_DIR))
+    parser.add_argument("--in-process", action="store_true",
+                        help="no HTTP server and no model: the registry's load and search in this process (random query vectors)")
+    parser.add_argument("--dim", type=int, default=384, help="with --in-process: vector size")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.in_process:
+        info = {"model": "synthetic", "fingerprint": "0", "dim": args.dim}
+        points = []
+        with tempfile.TemporaryDirectory(prefix="pcclip-scale-") as tmp:
+            for n in args.sizes:
+                for dtype in args.dtypes:
+                    point = measure_in_process(n, dtype, info, Path(tmp), args.requests, args.concurrency)
+                    print(json.dumps(point), flush=True)
+                    points.append(point)
+        result = {"command": "nice -n 10 .venv/bin/python -m bench.collection_scale " + " ".join(sys.argv[1:] if argv is None else argv), "mode": "in-process",
+                  "dim": args.dim, "points": points}
+        (out / "scale_in_process.json").write_text(json.dumps(result, indent=1))
+        plot(points, out / "scale_in_process.png")
+        print(f"wrote {out / 'scale_in_process.json'} and {out / 'scale_in_process.png'}")
+        return 0
     with tempfile.TemporaryDirectory(prefix="pcclip-scale-") as tmp:
         workdir = Path(tmp)
         redis = RedisServer(workdir / "redis-empty").start()
@@ -172,7 +254,7 @@ def main(argv=None) -> int:
                 point = measure(args.model, n, dtype, info, workdir, args.requests, args.concurrency, base_rss)
                 print(json.dumps(point), flush=True)
                 points.append(point)
-    result = {"command": "nice -n 10 .venv/bin/python -m bench.collection_scale " + " ".join(argv or []),
+    result = {"command": "nice -n 10 .venv/bin/python -m bench.collection_scale " + " ".join(sys.argv[1:] if argv is None else argv),
               "model": info["model"], "dim": info["dim"], "empty_server_rss_mb": round(base_rss / 2**20, 1), "points": points}
     (out / "scale.json").write_text(json.dumps(result, indent=1))
     plot(points, out / "scale.png")

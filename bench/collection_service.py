@@ -57,7 +57,7 @@ def main(argv=None) -> int:
     sizes = np.array([size_score(table, im.class_name) for im in photos])
     files = [root / im.path for im in photos]  # im.path: cub100/images/<Class>/NNNN.jpg
     ids = [Path(im.path).relative_to("cub100/images").as_posix() for im in photos]
-    result = {"command": "nice -n 10 .venv/bin/python -m bench.collection_service " + " ".join(argv or []),
+    result = {"command": "nice -n 10 .venv/bin/python -m bench.collection_service " + " ".join(sys.argv[1:] if argv is None else argv),
               "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO_ROOT).stdout.strip(),
               "photos": len(photos), "batch": args.batch, "concurrency": args.concurrency}
     with tempfile.TemporaryDirectory(prefix="pcclip-coll-") as tmp:
