@@ -5,6 +5,9 @@ A bundle (written by `pcclip export`, see `training/export.py`) is a directory:
     manifest.json          what the model is, how to run it, sha256 of every other file
     image.onnx             pixels float32 [N, 3, H, W] -> L2-normalised embeddings float32 [N, D]
     text.onnx              token ids int64 [N, L]      -> L2-normalised embeddings float32 [N, D]
+                           (L is dynamic in bundles exported since the sequence axis was added:
+                           each batch is cut to its longest member, bucketed; older bundles
+                           take the full context, and the encoder reads which from the graph)
     tokenizer/             tokenizer.json (Hugging Face `tokenizers`) or CLIP's BPE merges file
     preprocess.json        `PreprocessConfig.to_dict()`
 
@@ -25,6 +28,7 @@ import numpy as np
 from models.encoders import Encoder
 from models.loading import ModelLoadError
 from models.preprocess import PreprocessConfig
+from models.tokenization import trim_padding
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +173,10 @@ class OnnxEncoder(Encoder):
         self.manifest = manifest
         self.path = str(path)
         self._image_input = image_session.get_inputs()[0].name
-        self._text_input = text_session.get_inputs()[0].name
+        text_input = text_session.get_inputs()[0]
+        self._text_input = text_input.name
+        # A named or unknown dim (str/None) is dynamic; an int is an older bundle's fixed context.
+        self.dynamic_sequence = len(text_input.shape) == 2 and not isinstance(text_input.shape[1], int)
         super().__init__(**kwargs)
 
     @property
@@ -184,11 +191,14 @@ class OnnxEncoder(Encoder):
         return self.image_session.run(None, {self._image_input: np.ascontiguousarray(pixels, dtype=np.float32)})[0]
 
     def _run_text(self, ids: np.ndarray) -> np.ndarray:
+        if self.dynamic_sequence:
+            ids = trim_padding(ids, getattr(self.tokenizer, "pad_id", 0))
         return self.text_session.run(None, {self._text_input: np.ascontiguousarray(ids, dtype=np.int64)})[0]
 
     def info(self) -> dict:
         out = super().info()
-        out.update(bundle=self.path, quantization=self.quantization, base_model=self.manifest.get("base_model"))
+        out.update(bundle=self.path, quantization=self.quantization, base_model=self.manifest.get("base_model"),
+                   text_sequence="dynamic" if self.dynamic_sequence else "fixed")
         return out
 
 

@@ -53,3 +53,34 @@ class OpenClipTokenizer:
             return np.zeros((0, self.context_length), dtype=np.int64)
         ids = self._tok([str(t) for t in texts], context_length=self.context_length)
         return ids.numpy().astype(np.int64)
+
+
+SEQUENCE_BUCKET = 8  # a dynamic-length text batch is padded to a multiple of this many tokens
+
+
+def token_lengths(ids: np.ndarray, pad_id: int = 0) -> np.ndarray:
+    """Each row's length up to and including its last non-pad token (trailing padding left out).
+
+    Every tokenizer here ends a text with a non-pad end token ([SEP], <end_of_text>), so a pad id
+    inside a text (CLIP's id 0 is also "!") never shortens it.
+    """
+    ids = np.asarray(ids)
+    if ids.size == 0:
+        return np.zeros(len(ids), dtype=np.int64)
+    real = ids != pad_id
+    last = ids.shape[1] - np.argmax(real[:, ::-1], axis=1)
+    return np.where(real.any(axis=1), last, 0).astype(np.int64)
+
+
+def bucketed_length(length: int, limit: int, multiple: int = SEQUENCE_BUCKET) -> int:
+    """`length` rounded up to a multiple of `multiple` (at least one bucket), at most `limit`."""
+    return int(min(limit, max(multiple, -(-int(length) // multiple) * multiple)))
+
+
+def trim_padding(ids: np.ndarray, pad_id: int = 0, multiple: int = SEQUENCE_BUCKET) -> np.ndarray:
+    """Cut a batch's trailing pad columns: keep its longest member's length, bucketed."""
+    ids = np.asarray(ids)
+    if ids.size == 0:
+        return ids
+    keep = bucketed_length(int(token_lengths(ids, pad_id).max()), ids.shape[1], multiple)
+    return ids[:, :keep]

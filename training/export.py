@@ -2,10 +2,13 @@
 
 `export_bundle(spec, out)` writes the two towers (`image.onnx`, `text.onnx`: dynamic batch axis,
 outputs L2-normalised embeddings), a torch-free tokenizer, the preprocessing parameters and
-`manifest.json` (see `models/onnx_backend.py` for the layout). Before the bundle is moved into
-place it is loaded through the serving path (`load_bundle_encoder`) and compared with the torch
-model on real photos and varied texts: max |difference| <= 1e-4 and cosine >= 0.9999 on the
-normalised embeddings, and identical token ids. If parity fails the export raises
+`manifest.json` (see `models/onnx_backend.py` for the layout). The text tower gets a dynamic
+sequence axis where the model allows it (`_export_text_tower`), so that the service runs each
+batch at its longest member's length. Before the bundle is moved into place it is loaded through
+the serving path (`load_bundle_encoder`) and compared with the torch model on real photos and
+varied texts (in mixed-length batches and one at a time, so at several sequence lengths):
+max |difference| <= 1e-4 and cosine >= 0.9999 on the normalised embeddings, and identical token
+ids. If parity fails the export raises
 `ParityError` and leaves no bundle behind.
 
 `quantize="int8"` additionally applies ONNX Runtime's dynamic int8 quantization to both towers;
@@ -28,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from models.onnx_backend import BUNDLE_FORMAT, MANIFEST, bundle_files, load_bundle_encoder
+from models.tokenization import bucketed_length, token_lengths
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +157,8 @@ def _use_eager_attention(model) -> None:
             module.set_attn_implementation("eager")
 
 
-def _export_onnx(module, example, path: Path, input_name: str, opset: int) -> None:
+def _export_onnx(module, example, path: Path, input_name: str, opset: int, dynamic_sequence: bool = False) -> None:
+    """Trace `module` to ONNX with a dynamic batch axis (and, for text, a dynamic sequence axis)."""
     import torch
 
     # Autograd stays on (weights requiring grad) so that nn.MultiheadAttention takes its
@@ -171,7 +176,7 @@ def _export_onnx(module, example, path: Path, input_name: str, opset: int) -> No
             str(path),
             input_names=[input_name],
             output_names=["embedding"],
-            dynamic_axes={input_name: {0: "batch"}, "embedding": {0: "batch"}},
+            dynamic_axes={input_name: {0: "batch", 1: "sequence"} if dynamic_sequence else {0: "batch"}, "embedding": {0: "batch"}},
             opset_version=opset,
             dynamo=False,
             do_constant_folding=True,
@@ -217,6 +222,45 @@ def write_tokenizer(loaded, dest: Path) -> dict:
     raise ExportError(f"no torch-free form for tokenizer {type(tok).__name__}")
 
 
+SEQUENCE_PROBE_TEXTS = ["a bird", "a photo of a small brown bird perched on a thin branch", "perched " * 120]
+
+
+def _export_text_tower(text_tower, tokenizer, path: Path, opset: int) -> dict:
+    """Export the text tower with a dynamic sequence axis where the model allows it.
+
+    A batch then runs at its longest member's length (bucketed, `models.tokenization.trim_padding`)
+    instead of the full context. Towers whose graph ties the length to the context (open_clip's
+    CLIP text transformer keeps a fixed [context, context] causal mask) fail the probe here: they
+    are exported with the fixed context as before. Returns the manifest's `sequence_axis` entry.
+    """
+    import torch
+
+    from models.tokenization import token_lengths, trim_padding
+
+    example = torch.from_numpy(tokenizer(["a photo", "of a bird"]))
+    _export_onnx(text_tower, example, path, "ids", opset, dynamic_sequence=True)
+    ids = tokenizer(SEQUENCE_PROBE_TEXTS)
+    try:
+        import onnxruntime as ort
+
+        quiet = ort.SessionOptions()
+        quiet.log_severity_level = 4  # a failing probe is expected for some towers; its error is logged below
+        session = ort.InferenceSession(str(path), sess_options=quiet, providers=["CPUExecutionProvider"])
+        with torch.no_grad():
+            reference = text_tower(torch.from_numpy(ids)).numpy()
+        trimmed = np.concatenate([session.run(None, {"ids": trim_padding(ids[i : i + 1], tokenizer.pad_id)})[0] for i in range(len(ids))])
+        probe = embedding_parity(reference, trimmed)
+        reason = None if within_tolerance(probe) else f"outputs differ at shorter lengths: {probe}"
+    except Exception as err:  # ONNX Runtime rejects a graph whose shapes are tied to the context
+        reason = f"{type(err).__name__}: {str(err)[:300]}"
+    if reason is None:
+        lengths = sorted({int(n) for n in token_lengths(ids, tokenizer.pad_id)})
+        return {"dynamic": True, "probe_lengths": lengths}
+    log.info("text tower has no dynamic sequence axis (%s): exporting it at the fixed context %d", reason, tokenizer.context_length)
+    _export_onnx(text_tower, example, path, "ids", opset, dynamic_sequence=False)
+    return {"dynamic": False, "reason": reason}
+
+
 # ---------------------------------------------------------------------------------------------
 # parity and evaluation
 # ---------------------------------------------------------------------------------------------
@@ -228,11 +272,19 @@ def measure_parity(torch_encoder, onnx_encoder, images: list[Path], texts: list[
     mismatched = [texts[i][:40] for i in np.flatnonzero((torch_ids != onnx_ids).any(axis=1))]
     pixels = torch_encoder.preprocess([p.read_bytes() for p in images])
     image = embedding_parity(torch_encoder.encode_pixels(pixels), onnx_encoder.encode_images([p.read_bytes() for p in images]))
-    text = embedding_parity(torch_encoder.encode_tokens(torch_ids), onnx_encoder.encode_texts(texts))
-    truncated = int((torch_ids[:, -1] != torch_encoder.tokenizer.pad_id).sum())
+    # Texts twice through the bundle: in mixed-length batches (each padded to its longest member)
+    # and one at a time (each at its own length), so that every length the axis takes is checked.
+    reference = torch_encoder.encode_tokens(torch_ids)
+    one_by_one = np.concatenate([onnx_encoder.encode_texts([t]) for t in texts]) if texts else reference[:0]
+    text = embedding_parity(np.concatenate([reference, reference]), np.concatenate([onnx_encoder.encode_texts(texts), one_by_one]))
+    pad_id = torch_encoder.tokenizer.pad_id
+    truncated = int((torch_ids[:, -1] != pad_id).sum())
+    dynamic = getattr(onnx_encoder, "dynamic_sequence", False)
+    lengths = sorted({bucketed_length(n, torch_ids.shape[1]) for n in token_lengths(torch_ids, pad_id)}) if dynamic else [torch_ids.shape[1]]
     return {
         "images": image,
         "texts": text,
+        "text_sequence_lengths": lengths,
         "image_files": [str(p.relative_to(data_dir)) if data_dir and p.is_relative_to(data_dir) else str(p) for p in images],
         "texts_truncated": truncated,
         "tokenizer": {"texts": len(texts), "identical_ids": not mismatched, "mismatched": mismatched},
@@ -331,7 +383,7 @@ def export_bundle(
         log.info("exporting %s image tower (opset %d)", loaded.model_id, opset)
         _export_onnx(image_tower, torch.zeros(2, 3, h, w), staging / "image.onnx", "pixels", opset)
         log.info("exporting %s text tower", loaded.model_id)
-        _export_onnx(text_tower, torch.from_numpy(loaded.tokenizer(["a photo", "of a bird"])), staging / "text.onnx", "ids", opset)
+        sequence_axis = _export_text_tower(text_tower, loaded.tokenizer, staging / "text.onnx", opset)
         tokenizer_entry = write_tokenizer(loaded, staging / "tokenizer")
         (staging / "preprocess.json").write_text(json.dumps(loaded.preprocess_cfg.to_dict(), indent=2) + "\n")
         manifest = {
@@ -345,7 +397,8 @@ def export_bundle(
             "logit_scale": float(model.logit_scale.exp().item()),
             "opset": opset,
             "image": {"file": "image.onnx", "input": "pixels", "shape": ["batch", 3, h, w], "dtype": "float32"},
-            "text": {"file": "text.onnx", "input": "ids", "shape": ["batch", context], "dtype": "int64"},
+            "text": {"file": "text.onnx", "input": "ids", "shape": ["batch", "sequence" if sequence_axis["dynamic"] else context],
+                     "dtype": "int64", "sequence_axis": sequence_axis},
             "output": {"name": "embedding", "shape": ["batch", loaded.embed_dim], "normalised": True},
             "tokenizer": tokenizer_entry,
             "preprocess_file": "preprocess.json",

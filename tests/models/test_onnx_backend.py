@@ -202,3 +202,21 @@ def test_clip_bpe_matches_open_clip(clip_tokenizers, data_dir, context_length):
 def test_clip_bpe_matches_open_clip_on_arbitrary_unicode(clip_tokenizers, text):
     oc, ours = clip_tokenizers
     np.testing.assert_array_equal(ours([text]), oc.tokenize([text]).numpy())
+
+
+def test_text_batches_run_at_their_longest_member_and_match_the_full_context(mini_bundle):
+    enc = load_bundle_encoder(mini_bundle, batch_size=8)
+    assert enc.dynamic_sequence and enc.info()["text_sequence"] == "dynamic"
+    widths = []
+    run = enc.text_session.run
+    enc.text_session.run = lambda outputs, feeds: widths.append(feeds["ids"].shape[1]) or run(outputs, feeds)
+    try:
+        short = enc.encode_texts(["a bird", "a small red bird"])
+        mixed = enc.encode_texts(["a bird", "perched " * 120])
+    finally:
+        enc.text_session.run = run
+    assert widths == [8, 77]
+    # the same ids at the full context (what a fixed-axis bundle computes) give the same embeddings
+    enc.dynamic_sequence = False
+    _assert_parity(short, enc.encode_texts(["a bird", "a small red bird"]))
+    _assert_parity(mixed, enc.encode_texts(["a bird", "perched " * 120]))

@@ -36,13 +36,30 @@ def test_mini_bundle_layout_and_manifest(mini_bundle, pcclip_mini):
     assert manifest["evaluation"] == json.loads(json.dumps(pcclip_mini.info.get("evaluation")))
 
 
-def test_towers_have_a_dynamic_batch_axis(mini_bundle):
-    for name, input_name, rest in (("image.onnx", "pixels", [3, 224, 224]), ("text.onnx", "ids", [77])):
-        graph = onnx.load(str(mini_bundle / name), load_external_data=False).graph
-        (inp,) = graph.input
-        dims = inp.type.tensor_type.shape.dim
-        assert inp.name == input_name and dims[0].dim_param == "batch" and [d.dim_value for d in dims[1:]] == rest
-        assert graph.output[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+def _input_dims(bundle, name):
+    graph = onnx.load(str(bundle / name), load_external_data=False).graph
+    (inp,) = graph.input
+    assert graph.output[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    return inp.name, [d.dim_param or d.dim_value for d in inp.type.tensor_type.shape.dim]
+
+
+def test_towers_have_a_dynamic_batch_axis_and_text_a_dynamic_sequence_axis(mini_bundle):
+    assert _input_dims(mini_bundle, "image.onnx") == ("pixels", ["batch", 3, 224, 224])
+    assert _input_dims(mini_bundle, "text.onnx") == ("ids", ["batch", "sequence"])
+    manifest = json.loads((mini_bundle / "manifest.json").read_text())
+    assert manifest["text"]["shape"] == ["batch", "sequence"] and manifest["text"]["sequence_axis"]["dynamic"] is True
+    # parity was measured at several sequence lengths, the full context among them
+    lengths = manifest["parity"]["text_sequence_lengths"]
+    assert len(lengths) >= 4 and min(lengths) <= 16 and max(lengths) == 77
+
+
+def test_clip_text_tower_falls_back_to_the_fixed_context(tiny_vit_bundle):
+    """open_clip's CLIP text transformer has a fixed [77, 77] causal mask: exported at 77, as before."""
+    assert _input_dims(tiny_vit_bundle, "text.onnx") == ("ids", ["batch", 77])
+    manifest = json.loads((tiny_vit_bundle / "manifest.json").read_text())
+    assert manifest["text"]["sequence_axis"]["dynamic"] is False and manifest["text"]["sequence_axis"]["reason"]
+    assert manifest["parity"]["text_sequence_lengths"] == [77]
+    assert load_bundle_encoder(tiny_vit_bundle).dynamic_sequence is False
 
 
 def test_image_tower_keeps_relu6(mini_bundle):
