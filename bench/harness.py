@@ -148,10 +148,12 @@ class RedisServer:
 
 
 class ServeProcess:
-    """`pcclip serve --model BUNDLE` in its own process on 127.0.0.1; `cold_start_s` once ready."""
+    """`pcclip serve [--model SPEC] [ARGS]` in its own process on 127.0.0.1; `cold_start_s` once ready."""
 
-    def __init__(self, model: str | Path, redis_url: str, log_path: str | Path, env: dict | None = None, port: int | None = None):
-        self.model = str(model)
+    def __init__(self, model: str | Path | None, redis_url: str, log_path: str | Path, env: dict | None = None, port: int | None = None,
+                 args: tuple[str, ...] = ()):
+        self.model = None if model is None else str(model)  # None: `pcclip serve`'s own default
+        self.args = tuple(args)
         self.redis_url = redis_url
         self.log_path = Path(log_path)
         self.extra_env = {k: str(v) for k, v in (env or {}).items()}
@@ -171,7 +173,8 @@ class ServeProcess:
         self._log = open(self.log_path, "w+")
         started = time.perf_counter()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pcclip", "serve", "--host", "127.0.0.1", "--port", str(self.port), "--model", self.model],
+            [sys.executable, "-m", "pcclip", "serve", "--host", "127.0.0.1", "--port", str(self.port),
+             *(("--model", self.model) if self.model else ()), *self.args],
             env=env, stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO_ROOT,
         )
         deadline = time.monotonic() + timeout_s
@@ -190,6 +193,11 @@ class ServeProcess:
             return ""
         self._log.flush()
         return self.log_path.read_text(errors="replace")[-n:]
+
+    def mapped_files(self) -> set[str]:
+        """Paths of the files the server process has mapped (shared libraries included)."""
+        maps = Path(f"/proc/{self.proc.pid}/maps").read_text()
+        return {line.split(None, 5)[5] for line in maps.splitlines() if len(line.split(None, 5)) == 6}
 
     def rss_bytes(self) -> int:
         """Resident memory of the server process (uvicorn runs the app in this process with one worker)."""

@@ -10,13 +10,12 @@ between the 2nd and the 10th thousand <= 10 %.
 
 from __future__ import annotations
 
-import json
 import statistics
 import tempfile
 from pathlib import Path
 
 from bench.harness import RedisServer, bench_parser, ServeProcess, b64, ensure_bundle, run_load, sample_photos
-from bench.serving import RESULTS_DIR, machine_note, print_targets
+from bench.serving import finish, machine_note
 from bench.soak import BASE_CLASSES, BASE_STORE, mixed_requests
 
 
@@ -59,10 +58,8 @@ def main(argv=None) -> int:
         {"target": f"RSS after {args.requests} requests < 600 MB", "figure": round(rss[-1]), "met": rss[-1] < 600},
         {"target": "RSS growth 2nd -> last thousand <= 10 %", "figure": f"{growth * 100:.1f} %", "met": growth <= 0.10},
     ]
-    print(f"statuses {statuses}\nmachine before {out['machine_before']}\nmachine after {out['machine_after']}")
-    print_targets(out["targets"])
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    (RESULTS_DIR / "memory.json").write_text(json.dumps(out, indent=1, default=str))
+    print(f"statuses {statuses}")
+    finish(out, "memory")
     return 0
 
 

@@ -273,6 +273,16 @@ def print_targets(target_list: list[dict]) -> None:
         print(f"  [{'MET' if t['met'] else 'MISSED'}] {t['target']}: {t['figure']}")
 
 
+def finish(out: dict, name: str) -> Path:
+    """Print the machine load and the targets of a benchmark's results; write them to artifacts/bench/NAME.json."""
+    print(f"machine before {out['machine_before']}\nmachine after {out['machine_after']}")
+    print_targets(out["targets"])
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = RESULTS_DIR / f"{name}.json"
+    path.write_text(json.dumps(out, indent=1, default=str))
+    return path
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bundle", default=str(REPO_ROOT / "artifacts" / "pcclip-mini-onnx"))

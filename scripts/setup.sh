@@ -30,4 +30,8 @@ fi
 # torch first, pinned: the registry's unpinned torch drags in several GB of CUDA packages.
 .venv/bin/pip install -q --disable-pip-version-check "torch==2.13.0"
 .venv/bin/pip install -q --disable-pip-version-check -e ".[${EXTRAS}]"
+# The default model's ONNX bundle, which `pcclip serve` runs (built once, cached by weight fingerprint
+# in ~/.cache/pcclip/bundles); without it the first `pcclip serve` builds it (about a minute here).
+.venv/bin/python -c "from service.bundle_cache import resolve_bundle; print('[setup] default bundle:', resolve_bundle())" \
+  || echo "[setup] the default bundle was not built; the first pcclip serve will try again"
 echo "[setup] done: $(.venv/bin/python -c 'import torch, onnxruntime; print("torch", torch.__version__, "onnxruntime", onnxruntime.__version__)')"

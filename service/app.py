@@ -1,10 +1,11 @@
 """The FastAPI application: `create_app(settings=None, encoder=None)`.
 
-The lifespan hook loads the encoder (`models.loading.load_encoder(settings.model)`: an ONNX bundle
-or a torch model behind the same `Encoder` interface) unless one is given, starts the batchers and
-connects the class stores to Redis. The routes live in `service.routes` (one `APIRouter` per
-area, sharing the app's `ServiceState` through the `service.dependencies.Service` dependency);
-they are documented at /docs.
+The lifespan hook loads the encoder (`models.loading.load_encoder`) unless one is given: by default
+the model's ONNX bundle (`service.bundle_cache.resolve_bundle`: the spec itself if it is a bundle
+directory, else the cached export, built once), or with `PCCLIP_BACKEND=torch` the torch model,
+both behind the same `Encoder` interface. It starts the batchers and connects the class stores to
+Redis. The routes live in `service.routes` (one `APIRouter` per area, sharing the app's
+`ServiceState` through the `service.dependencies.Service` dependency); they are documented at /docs.
 """
 
 from __future__ import annotations
@@ -220,8 +221,13 @@ def create_app(settings: Settings | None = None, encoder: Encoder | None = None)
         if encoder is None:
             from models.loading import load_encoder
 
-            log.info("loading model %s", settings.model)
-            svc.encoder = await asyncio.to_thread(load_encoder, settings.model, device=settings.device, batch_size=settings.max_batch_size)
+            spec = settings.model
+            if settings.backend == "onnx":
+                from service.bundle_cache import resolve_bundle
+
+                spec = await asyncio.to_thread(resolve_bundle, spec, settings.bundle_cache_dir)
+            log.info("loading model %s", spec)
+            svc.encoder = await asyncio.to_thread(load_encoder, spec, device=settings.device, batch_size=settings.max_batch_size)
         else:
             svc.encoder = encoder
         enc = svc.encoder

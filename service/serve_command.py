@@ -1,4 +1,10 @@
-"""`pcclip serve --host H --port P [--model BUNDLE_OR_SPEC] [--workers N]`: the service under uvicorn."""
+"""`pcclip serve --host H --port P [--model BUNDLE_OR_SPEC] [--backend onnx|torch] [--workers N]`: the service under uvicorn.
+
+By default the model is served from its ONNX bundle (no torch in the serving process): a bundle
+directory as it is, any other spec through the bundle cache (`service.bundle_cache`), exported
+once in a child process and reused while the weights are unchanged. `--backend torch` serves the
+torch model instead (for debugging, or a model that cannot be exported).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +17,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default=None, help="bind address (default: PCCLIP_HOST or 127.0.0.1)")
     p.add_argument("--port", type=int, default=None, help="port (default: PCCLIP_PORT or 8000)")
     p.add_argument("--model", default=None, help="model spec or ONNX bundle directory (default: PCCLIP_MODEL or pcclip-mini)")
+    p.add_argument("--backend", choices=["onnx", "torch"], default=None,
+                   help="onnx: the model's ONNX bundle, built once and cached (default: PCCLIP_BACKEND or onnx); torch: the torch model")
     p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (each loads the model)")
     p.set_defaults(handler=cmd_serve)
 
@@ -20,9 +28,20 @@ def cmd_serve(args) -> int:
 
     from service.settings import Settings
 
+    # worker processes build their settings from the env
     if args.model:
-        os.environ["PCCLIP_MODEL"] = args.model  # worker processes build their settings from the env
+        os.environ["PCCLIP_MODEL"] = args.model
+    if args.backend:
+        os.environ["PCCLIP_BACKEND"] = args.backend
     settings = Settings()
+    if settings.backend == "onnx":
+        from service.bundle_cache import BundleBuildError, resolve_bundle
+
+        try:  # here, once, before the workers start (each would otherwise wait on the build lock)
+            os.environ["PCCLIP_MODEL"] = resolve_bundle(settings.model, settings.bundle_cache_dir)
+        except BundleBuildError as err:
+            print(f"pcclip serve: {err}")
+            return 1
     uvicorn.run(
         "service.app:create_app",
         factory=True,

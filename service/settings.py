@@ -21,7 +21,11 @@ class Settings(BaseSettings):
 
     # what to serve
     model: str = Field(DEFAULT_MODEL, description="model spec or bundle directory")
-    device: str = Field("cpu", description="torch device for non-bundle models")
+    backend: Literal["onnx", "torch"] = Field(
+        "onnx", description="onnx: serve the model's ONNX bundle (built once and cached); torch: the torch model (debugging)"
+    )
+    bundle_cache_dir: str = Field("~/.cache/pcclip/bundles", description="where the bundles built for model specs are kept")
+    device: str = Field("cpu", description="torch device for non-bundle models (backend torch)")
     # Redis (class stores)
     redis_url: str = Field("redis://localhost:6379/0", description="Redis for class stores")
     redis_timeout_s: float = Field(0.5, gt=0, description="Redis connect and command timeout")

@@ -15,9 +15,18 @@ from tests.service.conftest import free_port
 
 
 @pytest.mark.slow
-def test_pcclip_serve_end_to_end(redis_url, photo_b64, tmp_path):
+def test_pcclip_serve_end_to_end(redis_url, photo_b64, tmp_path, mini_bundle):
+    """`pcclip serve --model pcclip-mini` serves the model's cached ONNX bundle, without libtorch."""
+    from service.bundle_cache import cached_bundle_path
+
+    cache = tmp_path / "bundles"
+    key = cached_bundle_path("pcclip-mini", cache)
+    cache.mkdir()
+    key.symlink_to(mini_bundle)  # the session's export of the same model stands in for a cached build
     port = free_port()
-    env = dict(os.environ, PCCLIP_REDIS_URL=redis_url, PCCLIP_API_KEYS="e2e-key", PCCLIP_LOG_LEVEL="warning", PCCLIP_MAX_BODY_BYTES="1000000")
+    env = dict(os.environ, PCCLIP_REDIS_URL=redis_url, PCCLIP_API_KEYS="e2e-key", PCCLIP_LOG_LEVEL="warning", PCCLIP_MAX_BODY_BYTES="1000000",
+               PCCLIP_BUNDLE_CACHE_DIR=str(cache))
+    env.pop("PCCLIP_BACKEND", None)
     log = open(tmp_path / "serve.log", "w+")
     proc = subprocess.Popen(
         [sys.executable, "-m", "pcclip", "serve", "--host", "127.0.0.1", "--port", str(port), "--model", "pcclip-mini"],
@@ -38,6 +47,9 @@ def test_pcclip_serve_end_to_end(redis_url, photo_b64, tmp_path):
         log.seek(0)
         assert ready is not None and ready.status_code == 200, log.read()[-3000:]
         assert ready.json()["model"].startswith("pcclip-mini") and ready.json()["redis"]["up"] is True
+        assert ready.json()["backend"] == "onnxruntime"
+        maps = open(f"/proc/{proc.pid}/maps").read()
+        assert "libtorch" not in maps and "onnxruntime" in maps
         headers = {"Authorization": "Bearer e2e-key"}
         with httpx.Client(base_url=base, headers=headers, timeout=60) as http:
             rank = http.post("/v1/rank", json={"attribute": "The first bird is larger than the second.", "images": photo_b64[:3]})

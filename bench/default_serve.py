@@ -1,0 +1,94 @@
+"""The Quickstart's `pcclip serve` (no --model, no --backend): ready time, libtorch, memory.
+
+    .venv/bin/python -m bench.default_serve [--requests 1000] [--starts 3] [--torch]
+
+The default serves pcclip-mini's ONNX bundle from the bundle cache (`service/bundle_cache.py`).
+The cache is filled first if empty (the build time is printed, and not counted in the starts).
+Then: `--starts` fresh processes, each timed from process start to the first 200 from /readyz;
+whether the serving process maps libtorch (`/proc/PID/maps`); its RSS after `--requests`
+requests of the soak mix (bench/soak.py) at concurrency 16. `--torch` also starts
+`pcclip serve --backend torch` once, for the same figures beside them.
+Targets: ready < 3 s (median), no libtorch mapped, RSS after 1,000 mixed requests < 400 MB.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from bench.harness import RedisServer, ServeProcess, b64, bench_parser, run_load, sample_photos
+from bench.serving import finish, machine_note
+from bench.soak import BASE_CLASSES, BASE_STORE, mixed_requests
+
+
+def _has_libtorch(server: ServeProcess) -> bool:
+    return any("libtorch" in Path(f).name for f in server.mapped_files())
+
+
+def _serve_figures(server: ServeProcess, requests: int, concurrency: int, photos_b64: list[str]) -> dict:
+    import httpx
+
+    httpx.put(f"{server.base_url}/v1/stores/{BASE_STORE}", json={"classes": BASE_CLASSES}, timeout=120).raise_for_status()
+    report = run_load(server.base_url, mixed_requests(requests, photos_b64, seed=1), concurrency, deadline_s=900)
+    ready = httpx.get(f"{server.base_url}/readyz", timeout=10).json()
+    return {
+        "backend": ready.get("backend"),
+        "libtorch_mapped": _has_libtorch(server),
+        "rss_mb": server.rss_bytes() / 2**20,
+        "statuses": report.by_status,
+        "req_per_s": report.throughput(),
+    }
+
+
+def main(argv=None) -> int:
+    parser = bench_parser(__doc__, requests=1000, concurrency=16)
+    parser.add_argument("--starts", type=int, default=3)
+    parser.add_argument("--torch", action="store_true", help="also measure `pcclip serve --backend torch` once")
+    args = parser.parse_args(argv)
+    from service.bundle_cache import cached_bundle_path, resolve_bundle
+
+    out: dict = {"machine_before": machine_note()}
+    bundle = cached_bundle_path("pcclip-mini")
+    if not (bundle / "manifest.json").exists():
+        t0 = time.perf_counter()
+        resolve_bundle("pcclip-mini")
+        out["first_build_s"] = time.perf_counter() - t0
+        print(f"built the default bundle {bundle} in {out['first_build_s']:.1f} s (once)", flush=True)
+    out["bundle"] = str(bundle)
+    photos_b64 = [b64(p) for p in sample_photos(16)]
+    with tempfile.TemporaryDirectory(prefix="pcclip-default-serve-") as tmp:
+        redis = RedisServer(Path(tmp) / "redis").start()
+        try:
+            starts = []
+            for i in range(args.starts):
+                with ServeProcess(None, redis.url, Path(tmp) / f"cold-{i}.log") as server:
+                    starts.append(server.cold_start_s)
+                    libtorch = _has_libtorch(server)
+            out.update(ready_s=starts, ready_median_s=statistics.median(starts), libtorch_idle=libtorch)
+            print(f"ready after {', '.join(f'{s:.2f}' for s in starts)} s (median {out['ready_median_s']:.2f} s); libtorch mapped: {libtorch}", flush=True)
+            with ServeProcess(None, redis.url, Path(tmp) / "serve.log") as server:
+                out["onnx"] = _serve_figures(server, args.requests, args.concurrency, photos_b64)
+            print(f"default serve after {args.requests} mixed requests: {json.dumps(out['onnx'])}", flush=True)
+            if args.torch:
+                with ServeProcess(None, redis.url, Path(tmp) / "torch.log", args=("--backend", "torch")) as server:
+                    out["torch"] = {"ready_s": server.cold_start_s, **_serve_figures(server, args.requests, args.concurrency, photos_b64)}
+                print(f"--backend torch: {json.dumps(out['torch'])}", flush=True)
+        finally:
+            redis.stop()
+    out["machine_after"] = machine_note()
+    onnx = out["onnx"]
+    out["targets"] = [
+        {"target": "default `pcclip serve` ready < 3 s (median)", "figure": round(out["ready_median_s"], 2), "met": out["ready_median_s"] < 3},
+        {"target": "no libtorch in the serving process", "figure": f"libtorch mapped: {out['libtorch_idle'] or onnx['libtorch_mapped']}",
+         "met": not (out["libtorch_idle"] or onnx["libtorch_mapped"])},
+        {"target": f"RSS after {args.requests} mixed requests < 400 MB", "figure": round(onnx["rss_mb"]), "met": onnx["rss_mb"] < 400},
+    ]
+    finish(out, "default_serve")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
