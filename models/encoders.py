@@ -122,17 +122,22 @@ class Encoder(ABC):
             "logit_scale": self.logit_scale,
         }
 
-    def _batched(self, arr: np.ndarray, run, tower: str) -> np.ndarray:
+    def _batched(self, arr: np.ndarray, run, tower: str, groups: list[np.ndarray] | None = None) -> np.ndarray:
+        """Run `arr` through `run` in tower calls: `groups` of row indices, or chunks of `batch_size`."""
         if len(arr) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
-        outs = []
-        for start in range(0, len(arr), self.batch_size):
-            chunk = arr[start : start + self.batch_size]
-            outs.append(np.asarray(run(chunk), dtype=np.float32))
+        if groups is None:
+            groups = [np.arange(start, min(start + self.batch_size, len(arr))) for start in range(0, len(arr), self.batch_size)]
+        out: np.ndarray | None = None
+        for rows in groups:
+            emb = np.asarray(run(arr[rows]), dtype=np.float32)
+            if out is None:
+                out = np.empty((len(arr), emb.shape[1]), dtype=np.float32)
+            out[rows] = emb
             with self._count_lock:
                 self.calls[tower] += 1
-                self.items[tower] += len(chunk)
-        return normalize(np.concatenate(outs, axis=0))
+                self.items[tower] += len(rows)
+        return normalize(out)
 
 
 class TorchEncoder(Encoder):

@@ -28,7 +28,7 @@ import numpy as np
 from models.encoders import Encoder
 from models.loading import ModelLoadError
 from models.preprocess import PreprocessConfig
-from models.tokenization import trim_padding
+from models.tokenization import length_batches, token_lengths, trim_padding
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,7 @@ BUNDLE_FORMAT = "pcclip-onnx-bundle/1"
 MANIFEST = "manifest.json"
 CUDA_PROVIDER = "CUDAExecutionProvider"
 CPU_PROVIDER = "CPUExecutionProvider"
+DEFAULT_MAX_BATCH_TOKENS = 4096  # padded text tokens per ONNX Runtime run (rows x length)
 
 
 class BundleError(ModelLoadError):
@@ -167,7 +168,7 @@ class OnnxEncoder(Encoder):
 
     backend = "onnxruntime"
 
-    def __init__(self, image_session, text_session, manifest: dict, path: str | Path, **kwargs):
+    def __init__(self, image_session, text_session, manifest: dict, path: str | Path, max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS, **kwargs):
         self.image_session = image_session
         self.text_session = text_session
         self.manifest = manifest
@@ -177,6 +178,7 @@ class OnnxEncoder(Encoder):
         self._text_input = text_input.name
         # A named or unknown dim (str/None) is dynamic; an int is an older bundle's fixed context.
         self.dynamic_sequence = len(text_input.shape) == 2 and not isinstance(text_input.shape[1], int)
+        self.max_batch_tokens = int(max_batch_tokens)  # padded tokens per text tower call (rows x length)
         super().__init__(**kwargs)
 
     @property
@@ -189,6 +191,16 @@ class OnnxEncoder(Encoder):
 
     def _run_image(self, pixels: np.ndarray) -> np.ndarray:
         return self.image_session.run(None, {self._image_input: np.ascontiguousarray(pixels, dtype=np.float32)})[0]
+
+    def encode_tokens(self, ids: np.ndarray) -> np.ndarray:
+        """Token ids -> normalised [N, D]; with a dynamic sequence axis, texts of similar length share
+        a tower call (`length_batches`), each call cut to its longest member."""
+        ids = np.asarray(ids, dtype=np.int64)
+        if not self.dynamic_sequence or len(ids) <= 1:
+            return super().encode_tokens(ids)
+        pad_id = getattr(self.tokenizer, "pad_id", 0)
+        groups = length_batches(token_lengths(ids, pad_id), ids.shape[1], self.batch_size, self.max_batch_tokens)
+        return self._batched(ids, self._run_text, "text", groups)
 
     def _run_text(self, ids: np.ndarray) -> np.ndarray:
         if self.dynamic_sequence:
@@ -209,6 +221,7 @@ def load_bundle_encoder(
     intra_op_threads: int | None = None,
     verify: bool = True,
     image_limits=None,
+    max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
 ) -> OnnxEncoder:
     """Load a bundle directory as an `OnnxEncoder`, after checking its files' sha256."""
     try:
@@ -235,6 +248,7 @@ def load_bundle_encoder(
         text_session,
         manifest,
         root,
+        max_batch_tokens=max_batch_tokens,
         model_id=manifest["model_id"],
         fingerprint=manifest["fingerprint"],
         dim=manifest["embed_dim"],

@@ -7,6 +7,7 @@ pixels go into a model whether it runs in torch or in an exported bundle.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
@@ -97,21 +98,40 @@ def _resize_crop(img: Image.Image, cfg: PreprocessConfig) -> Image.Image:
     return img.crop((left, top, left + target_w, top + target_h))
 
 
+@functools.lru_cache(maxsize=16)
+def _normalise_table(mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
+    """[3, 256] float32: channel c's value for byte v, `(v / 255 - mean[c]) / std[c]` in float32.
+
+    The same float32 operations as ToTensor + Normalize, done once per possible byte, so looking
+    pixels up in it gives bit-identical results at a fraction of the arithmetic.
+    """
+    values = np.arange(256, dtype=np.float32) / np.float32(255.0)
+    mean_ = np.asarray(mean, dtype=np.float32)[:, None]
+    std_ = np.asarray(std, dtype=np.float32)[:, None]
+    table = (values[None, :] - mean_) / std_
+    table.setflags(write=False)
+    return table
+
+
+def normalise(pixels: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
+    """uint8 [N, H, W, 3] -> normalised float32 [N, 3, H, W] (one table lookup per channel)."""
+    table = _normalise_table(cfg.mean, cfg.std)
+    chw = pixels.transpose(0, 3, 1, 2)
+    out = np.empty(chw.shape, dtype=np.float32)
+    for c in range(3):
+        out[:, c] = table[c][chw[:, c]]
+    return out
+
+
 def preprocess_image(img: Image.Image, cfg: PreprocessConfig) -> np.ndarray:
     """One RGB image -> float32 array [3, H, W], normalised."""
-    if img.mode != "RGB":
-        img = img.convert("RGB")
-    img = _resize_crop(img, cfg)
-    arr = np.asarray(img, dtype=np.float32) / np.float32(255.0)
-    mean = np.asarray(cfg.mean, dtype=np.float32)
-    std = np.asarray(cfg.std, dtype=np.float32)
-    arr = (arr - mean) / std
-    return np.ascontiguousarray(arr.transpose(2, 0, 1), dtype=np.float32)
+    return preprocess_images([img], cfg)[0]
 
 
 def preprocess_images(images: Sequence[Image.Image], cfg: PreprocessConfig) -> np.ndarray:
-    """RGB images -> float32 batch [N, 3, H, W]."""
+    """RGB images -> float32 batch [N, 3, H, W]: resize and crop each, then normalise them together."""
     h, w = cfg.image_size
     if len(images) == 0:
         return np.zeros((0, 3, h, w), dtype=np.float32)
-    return np.stack([preprocess_image(im, cfg) for im in images])
+    crops = np.stack([np.asarray(_resize_crop(im if im.mode == "RGB" else im.convert("RGB"), cfg)) for im in images])
+    return normalise(crops, cfg)

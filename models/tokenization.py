@@ -84,3 +84,29 @@ def trim_padding(ids: np.ndarray, pad_id: int = 0, multiple: int = SEQUENCE_BUCK
         return ids
     keep = bucketed_length(int(token_lengths(ids, pad_id).max()), ids.shape[1], multiple)
     return ids[:, :keep]
+
+
+def length_batches(lengths: np.ndarray, limit: int, max_rows: int, max_tokens: int, slack: float = 0.25) -> list[np.ndarray]:
+    """Split texts into tower calls by length (row indices per call), shortest first.
+
+    Each call is padded to its longest member (bucketed), so texts of similar length go together:
+    a row joins the current call only while the call's padded size, rows x longest, stays within
+    `max_tokens` and within `1 + slack` times what its rows would cost each at its own length.
+    One long text then runs apart instead of padding a batch of short ones to its length.
+    """
+    lengths = np.asarray(lengths)
+    order = np.argsort(lengths, kind="stable")
+    groups: list[list[int]] = []
+    rows_cost = 0
+    for i in order:
+        need = bucketed_length(int(lengths[i]), limit)
+        if groups:
+            group = groups[-1]
+            padded = (len(group) + 1) * need  # ascending order: this row is the longest so far
+            if len(group) < max_rows and padded <= max_tokens and padded <= (1 + slack) * (rows_cost + need):
+                group.append(int(i))
+                rows_cost += need
+                continue
+        groups.append([int(i)])
+        rows_cost = need
+    return [np.asarray(g, dtype=np.int64) for g in groups]

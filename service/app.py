@@ -219,7 +219,7 @@ def create_app(settings: Settings | None = None, encoder: Encoder | None = None)
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         if encoder is None:
-            from models.loading import load_encoder
+            from models.loading import load_encoder, parse_spec
 
             spec = settings.model
             if settings.backend == "onnx":
@@ -227,7 +227,8 @@ def create_app(settings: Settings | None = None, encoder: Encoder | None = None)
 
                 spec = await asyncio.to_thread(resolve_bundle, spec, settings.bundle_cache_dir)
             log.info("loading model %s", spec)
-            svc.encoder = await asyncio.to_thread(load_encoder, spec, device=settings.device, batch_size=settings.max_batch_size)
+            extra = {"max_batch_tokens": settings.max_batch_tokens} if parse_spec(spec).kind == "bundle" else {}
+            svc.encoder = await asyncio.to_thread(load_encoder, spec, device=settings.device, batch_size=settings.max_batch_size, **extra)
         else:
             svc.encoder = encoder
         enc = svc.encoder

@@ -1,8 +1,10 @@
 """Dynamic batching: concurrent requests share tower calls, and inference runs off the event loop.
 
 One `TowerBatcher` per tower. A request submits its preprocessed inputs (pixels or token ids);
-a worker task takes the waiting requests, up to `max_batch_size` items (it waits at most
-`max_wait_ms` for more once the first arrives), runs the tower on one thread reserved for
+a worker task takes the waiting requests, up to `max_batch_size` items and, where a `cost` is
+given, up to `max_batch_cost` of it (texts: their real token count, as TEI's `max-batch-tokens`,
+so a batch holds many short texts or a few long ones; it waits at most `max_wait_ms` for more
+once the first arrives), runs the tower on one thread reserved for
 that tower, and hands each request its rows. The queue is bounded: a request that would push it
 past `queue_limit` items is refused at once with `QueueFull` (the app answers 503 + Retry-After).
 """
@@ -37,6 +39,7 @@ class QueueFull(RuntimeError):
 class _Pending:
     inputs: np.ndarray
     future: asyncio.Future
+    cost: int = 0
     enqueued: float = field(default_factory=time.perf_counter)
 
 
@@ -51,10 +54,15 @@ class TowerBatcher:
         max_wait_ms: float,
         queue_limit: int,
         metrics: ServiceMetrics | None = None,
+        cost: Callable[[np.ndarray], int] | None = None,
+        max_batch_cost: int | None = None,
     ):
         self.tower = tower
         self.run = run
         self.max_batch_size = int(max_batch_size)
+        self.cost = cost
+        self.max_batch_cost = int(max_batch_cost) if cost is not None and max_batch_cost else None
+        self._pending_cost = 0
         self.max_wait_s = float(max_wait_ms) / 1000.0
         self.queue_limit = int(queue_limit)
         self.metrics = metrics
@@ -86,6 +94,7 @@ class TowerBatcher:
             if not item.future.done():
                 item.future.set_exception(RuntimeError("service is shutting down"))
         self._pending_items = 0
+        self._pending_cost = 0
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def submit(self, inputs: np.ndarray) -> np.ndarray:
@@ -100,8 +109,10 @@ class TowerBatcher:
                 self.metrics.rejected.labels(self.tower).inc(n)
             raise QueueFull(self.tower, self._pending_items, self.queue_limit)
         future = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending(inputs, future))
+        cost = int(self.cost(inputs)) if self.cost is not None else 0
+        self._queue.append(_Pending(inputs, future, cost))
         self._pending_items += n
+        self._pending_cost += cost
         self._set_depth()
         self._wakeup.set()
         return await future
@@ -110,16 +121,24 @@ class TowerBatcher:
         if self.metrics:
             self.metrics.queue_depth.labels(self.tower).set(self._pending_items)
 
+    def _full(self, items: int, cost: int) -> bool:
+        return items >= self.max_batch_size or (self.max_batch_cost is not None and cost >= self.max_batch_cost)
+
+    def _fits(self, items: int, cost: int) -> bool:
+        return items <= self.max_batch_size and (self.max_batch_cost is None or cost <= self.max_batch_cost)
+
     def _take_batch(self) -> list[_Pending]:
-        batch, size = [], 0
-        while self._queue and (not batch or size + len(self._queue[0].inputs) <= self.max_batch_size):
+        """The waiting requests, first come first, while they fit (the first one always does)."""
+        batch, size, cost = [], 0, 0
+        while self._queue and (not batch or self._fits(size + len(self._queue[0].inputs), cost + self._queue[0].cost)):
             item = self._queue.popleft()
+            self._pending_items -= len(item.inputs)
+            self._pending_cost -= item.cost
             if item.future.cancelled():  # the client went away
-                self._pending_items -= len(item.inputs)
                 continue
             batch.append(item)
             size += len(item.inputs)
-        self._pending_items -= size
+            cost += item.cost
         self._set_depth()
         return batch
 
@@ -131,7 +150,7 @@ class TowerBatcher:
             if not self._queue:
                 continue
             deadline = self._queue[0].enqueued + self.max_wait_s
-            while self._pending_items < self.max_batch_size and (wait := deadline - time.perf_counter()) > 0:
+            while not self._full(self._pending_items, self._pending_cost) and (wait := deadline - time.perf_counter()) > 0:
                 # asyncio.wait, not wait_for: wait_for can swallow a cancellation before Python 3.12
                 waiter = asyncio.ensure_future(self._wakeup.wait())
                 done, _ = await asyncio.wait({waiter}, timeout=wait)

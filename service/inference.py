@@ -10,6 +10,7 @@ import numpy as np
 
 from models.encoders import Encoder
 from models.images import ImageDecodeError, ImageLimits, decode_image
+from models.tokenization import token_lengths
 from service.batcher import QueueFull, TowerBatcher
 from service.metrics import ServiceMetrics
 from service.settings import Settings
@@ -23,11 +24,22 @@ class InferenceEngine:
         self.encoder = encoder
         self.metrics = metrics
         self.image_limits = ImageLimits(max_pixels=settings.max_image_pixels, max_bytes=settings.max_image_bytes)
+        margin = float(settings.jpeg_draft_margin)
+        self.draft_min_side = int(margin * max(encoder.preprocess_cfg.image_size)) if margin > 0 else None
         self.text_cache = TextEmbeddingCache(settings.text_cache_size, metrics)
         self._preprocess_pool = ThreadPoolExecutor(settings.preprocess_threads, thread_name_prefix="pcclip-preprocess")
-        batching = dict(max_batch_size=settings.max_batch_size, max_wait_ms=settings.max_wait_ms, queue_limit=settings.queue_limit, metrics=metrics)
-        self.text_batcher = TowerBatcher("text", encoder.encode_tokens, **batching)
-        self.image_batcher = TowerBatcher("image", encoder.encode_pixels, **batching)
+        batching = dict(max_wait_ms=settings.max_wait_ms, queue_limit=settings.queue_limit, metrics=metrics)
+        if getattr(encoder, "dynamic_sequence", False):
+            # Texts run at their own length: a tower call is bounded by tokens (TEI's max-batch-tokens),
+            # and the encoder splits it into runs of similar length of at most max_batch_size texts.
+            pad_id = getattr(encoder.tokenizer, "pad_id", 0)
+            self.text_batcher = TowerBatcher(
+                "text", encoder.encode_tokens, max_batch_size=settings.max_batch_tokens,
+                cost=lambda ids: int(token_lengths(ids, pad_id).sum()), max_batch_cost=settings.max_batch_tokens, **batching,
+            )
+        else:
+            self.text_batcher = TowerBatcher("text", encoder.encode_tokens, max_batch_size=settings.max_batch_size, **batching)
+        self.image_batcher = TowerBatcher("image", encoder.encode_pixels, max_batch_size=settings.max_batch_size, **batching)
         # items admitted per tower and not answered yet (decoding/tokenizing, queued or running):
         # admission is refused at once past queue_limit, before any decoding work is queued
         self.queue_limit = int(settings.queue_limit)
@@ -80,7 +92,7 @@ class InferenceEngine:
         decoded = []
         for i, data in enumerate(images):
             try:
-                decoded.append(decode_image(data, self.image_limits))
+                decoded.append(decode_image(data, self.image_limits, min_side=self.draft_min_side))
             except ImageDecodeError as err:
                 raise err.with_index(i) from err
         return self.encoder.preprocess(decoded)

@@ -49,10 +49,17 @@ class Settings(BaseSettings):
     max_metadata_bytes: int = Field(4096, gt=0, description="JSON metadata per collection item")
     max_modifiers: int = Field(16, gt=0, description="modifiers per collection search")
     # batching
-    max_batch_size: int = Field(32, gt=0, description="items per tower call")
+    max_batch_size: int = Field(32, gt=0, description="images per tower call; texts per ONNX Runtime run")
+    max_batch_tokens: int = Field(
+        4096, gt=0, description="text tokens per tower call (bundles with a dynamic sequence axis), as TEI's max-batch-tokens"
+    )
     max_wait_ms: float = Field(5.0, ge=0, description="how long a batch waits for more requests")
     queue_limit: int = Field(512, gt=0, description="items waiting per tower before 503 + Retry-After")
     preprocess_threads: int = Field(2, gt=0, description="threads decoding images and tokenizing")
+    jpeg_draft_margin: float = Field(
+        0.0, ge=0, description="0: off; m > 0: decode JPEGs reduced (1/2, 1/4, 1/8) while both sides stay >= m x the model's input side "
+        "(faster on large photos, not within the export's parity gate at m = 1: docs/benchmarks.md)"
+    )
     # caches
     text_cache_size: int = Field(10_000, ge=0, description="text embeddings kept in the LRU cache (0: off)")
     explain_subject: str = Field("bird", description="noun in the built-in /v1/explain vocabulary")

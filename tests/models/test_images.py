@@ -114,3 +114,15 @@ def test_byte_limit():
 def test_error_names_the_item():
     err = ImageDecodeError("bad", "invalid_image").with_index(3)
     assert err.index == 3 and "image 3" in str(err) and err.code == "invalid_image"
+
+
+def _jpeg(size, fmt="JPEG") -> bytes:
+    return _encode(Image.new("RGB", size, (120, 30, 200)), fmt)
+
+
+def test_jpeg_draft_decodes_reduced_while_both_sides_stay_large_enough():
+    assert decode_image(_jpeg((1000, 800)), min_side=224).size == (500, 400)  # 1/2: both sides >= 224
+    assert decode_image(_jpeg((2000, 1800)), min_side=224).size == (250, 225)  # 1/8
+    assert decode_image(_jpeg((1000, 800))).size == (1000, 800)  # off by default
+    assert decode_image(_jpeg((400, 300)), min_side=224).size == (400, 300)  # too small to reduce
+    assert decode_image(_jpeg((1000, 800), "PNG"), min_side=224).size == (1000, 800)  # JPEG only

@@ -215,8 +215,22 @@ def test_text_batches_run_at_their_longest_member_and_match_the_full_context(min
         mixed = enc.encode_texts(["a bird", "perched " * 120])
     finally:
         enc.text_session.run = run
-    assert widths == [8, 77]
+    assert widths == [8, 8, 77]  # the mixed pair runs apart (length_batches)
     # the same ids at the full context (what a fixed-axis bundle computes) give the same embeddings
     enc.dynamic_sequence = False
     _assert_parity(short, enc.encode_texts(["a bird", "a small red bird"]))
     _assert_parity(mixed, enc.encode_texts(["a bird", "perched " * 120]))
+
+
+def test_texts_of_different_lengths_run_apart_and_in_their_own_order(mini_bundle):
+    enc = load_bundle_encoder(mini_bundle, batch_size=32)
+    texts = ["a small bird"] * 6 + ["perched " * 120] + ["a red bird on a branch"] * 5
+    widths = []
+    run = enc.text_session.run
+    enc.text_session.run = lambda outputs, feeds: widths.append(feeds["ids"].shape) or run(outputs, feeds)
+    try:
+        together = enc.encode_texts(texts)
+    finally:
+        enc.text_session.run = run
+    assert sorted(widths) == [(1, 77), (11, 8)]  # the long text did not pad the short ones to 77
+    _assert_parity(together, np.concatenate([enc.encode_texts([t]) for t in texts]))

@@ -38,3 +38,20 @@ def test_tiny_and_extreme_aspect_images():
 def test_config_round_trip():
     cfg = PreprocessConfig(image_size=(96, 128), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
     assert PreprocessConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_table_normalisation_is_bit_identical_to_the_arithmetic(cub_photos, data_dir):
+    """ToTensor + Normalize done per pixel in float32 == the lookup table preprocess_images uses."""
+    from models.preprocess import _resize_crop
+
+    cfg = PreprocessConfig(image_size=224, mean=(0.48145466, 0.4578275, 0.40821073), std=(0.26862954, 0.26130258, 0.27577711))
+    coco = sorted((data_dir / "coco-mini" / "val2017").glob("*.jpg"))[:2]
+    images = [Image.open(p).convert("RGB") for p in [*cub_photos[:2], *coco]]
+    expected = []
+    for im in images:
+        arr = np.asarray(_resize_crop(im, cfg), dtype=np.float32) / np.float32(255.0)
+        arr = (arr - np.asarray(cfg.mean, np.float32)) / np.asarray(cfg.std, np.float32)
+        expected.append(arr.transpose(2, 0, 1))
+    got = preprocess_images(images, cfg)
+    assert got.dtype == np.float32 and got.flags.c_contiguous
+    np.testing.assert_array_equal(got, np.stack(expected))

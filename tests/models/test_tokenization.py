@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from models.tokenization import bucketed_length, token_lengths, trim_padding
+from models.tokenization import bucketed_length, length_batches, token_lengths, trim_padding
 
 
 def test_token_lengths_end_at_the_last_non_pad_token():
@@ -31,3 +31,13 @@ def test_trim_padding_keeps_the_longest_member_bucketed():
     full = np.ones((2, 77), np.int64)
     assert trim_padding(full).shape == (2, 77)
     assert trim_padding(np.zeros((0, 77), np.int64)).shape == (0, 77)
+
+
+def test_length_batches_keep_a_long_text_apart_from_short_ones():
+    lengths = np.array([12] * 20 + [70] + [14] * 11)
+    groups = length_batches(lengths, 77, max_rows=32, max_tokens=4096)
+    assert sorted(np.concatenate(groups).tolist()) == list(range(32))  # every row once
+    assert [len(g) for g in groups] == [31, 1] and groups[1].tolist() == [20]
+    # rows and padded tokens per call are bounded
+    assert [len(g) for g in length_batches(np.full(10, 9), 77, max_rows=4, max_tokens=4096)] == [4, 4, 2]
+    assert [len(g) for g in length_batches(np.full(10, 16), 77, max_rows=32, max_tokens=64)] == [4, 4, 2]
