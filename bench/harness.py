@@ -151,9 +151,10 @@ class ServeProcess:
     """`pcclip serve [--model SPEC] [ARGS]` in its own process on 127.0.0.1; `cold_start_s` once ready."""
 
     def __init__(self, model: str | Path | None, redis_url: str, log_path: str | Path, env: dict | None = None, port: int | None = None,
-                 args: tuple[str, ...] = ()):
+                 args: tuple[str, ...] = (), cwd: str | Path = REPO_ROOT):
         self.model = None if model is None else str(model)  # None: `pcclip serve`'s own default
         self.args = tuple(args)
+        self.cwd = Path(cwd)  # another checkout serves its own code (PYTHONPATH in env)
         self.redis_url = redis_url
         self.log_path = Path(log_path)
         self.extra_env = {k: str(v) for k, v in (env or {}).items()}
@@ -175,7 +176,7 @@ class ServeProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "pcclip", "serve", "--host", "127.0.0.1", "--port", str(self.port),
              *(("--model", self.model) if self.model else ()), *self.args],
-            env=env, stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO_ROOT,
+            env=env, stdout=self._log, stderr=subprocess.STDOUT, cwd=self.cwd,
         )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline and self.proc.poll() is None:
