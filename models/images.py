@@ -8,6 +8,7 @@ pixels are decoded.
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from dataclasses import dataclass
 
@@ -36,6 +37,11 @@ class ImageLimits:
 
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_bytes: int = 20 * 1024 * 1024
+
+
+def without_reprs(err: Exception) -> str:
+    """An exception's text without Python object reprs (`<_io.BytesIO object at 0x7f...>`): users read it."""
+    return re.sub(r"\s*<[^<>]* at 0x[0-9a-fA-F]+>", "", str(err)).strip() or type(err).__name__
 
 
 def decode_image(data: bytes, limits: ImageLimits | None = None, min_side: int | None = None) -> Image.Image:
@@ -75,12 +81,15 @@ def decode_image(data: bytes, limits: ImageLimits | None = None, min_side: int |
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise ImageDecodeError(f"image too large: {err}", "image_too_large") from err
+    except Image.UnidentifiedImageError as err:
+        raise ImageDecodeError("not an image file in a format this reads (JPEG, PNG, WebP, GIF, BMP, TIFF, ...)",
+                               "invalid_image") from err
     except Exception as err:  # Pillow raises OSError, ValueError, SyntaxError, struct.error, ...
-        raise ImageDecodeError(f"cannot decode image: {err}", "invalid_image") from err
+        raise ImageDecodeError(f"cannot decode image: {without_reprs(err)}", "invalid_image") from err
     try:
         return to_rgb(ImageOps.exif_transpose(img))
     except Exception as err:
-        raise ImageDecodeError(f"cannot convert image to RGB: {err}", "invalid_image") from err
+        raise ImageDecodeError(f"cannot convert image to RGB: {without_reprs(err)}", "invalid_image") from err
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

@@ -17,6 +17,7 @@ import time
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
@@ -39,6 +40,8 @@ from service.stores import StoreRegistry, StoreUnavailable
 log = logging.getLogger(__name__)
 
 OPEN_PATHS = ("/healthz", "/readyz", "/metrics", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json")
+# Swagger UI and ReDoc assets, served from the pinned fastapi-offline package (no CDN: /docs works air-gapped)
+DOCS_STATIC_PATH = "/docs-static"
 
 
 # -- ASGI middleware ---------------------------------------------------------------------------
@@ -100,7 +103,7 @@ class AuthMiddleware:
 
     def _needs_key(self, scope) -> bool:
         path, method = scope["path"], scope["method"]
-        if not self.keys or path in OPEN_PATHS:
+        if not self.keys or path in OPEN_PATHS or path.startswith(DOCS_STATIC_PATH + "/"):
             return False
         is_store_write = path.startswith("/v1/stores/") and method in ("PUT", "DELETE", "POST", "PATCH")
         is_collection_write = path.startswith("/v1/collections/") and (
@@ -158,6 +161,10 @@ class MetricsMiddleware:
             self.metrics.request_latency.labels(route).observe(time.perf_counter() - started)
 
 
+# errors the request models raise themselves (PydanticCustomError types), answered under their own code
+SCHEMA_ERROR_CODES = {"token_ids_not_supported"}
+
+
 def _validation_error(errors: list[dict]) -> JSONResponse:
     err = errors[0] if errors else {"msg": "invalid request", "loc": (), "type": "invalid"}
     loc = [p for p in err.get("loc", ()) if p != "body"]
@@ -167,7 +174,8 @@ def _validation_error(errors: list[dict]) -> JSONResponse:
     index = next((p for p in loc if isinstance(p, int)), None)
     field_name = ".".join(field_path) or None
     where = f"{field_name}: " if field_name else ""
-    return error_response(422, "invalid_request", f"{where}{err.get('msg', 'invalid value')}", field_name, index)
+    code = err["type"] if err.get("type") in SCHEMA_ERROR_CODES else "invalid_request"
+    return error_response(422, code, f"{where}{err.get('msg', 'invalid value')}", field_name, index)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -251,7 +259,9 @@ def create_app(settings: Settings | None = None, encoder: Encoder | None = None)
             await svc.engine.stop()
             metrics.model_loaded.set(0)
 
-    app = FastAPI(
+    app = FastAPIOffline(
+        static_url=DOCS_STATIC_PATH,
+        swagger_ui_parameters={"validatorUrl": None},  # no badge fetched from the public validator
         title="pcclip",
         version="0.1.0",
         description="Difference-aware CLIP embeddings (PC-CLIP): embed, rank by attribute, compare, classify, explain.",

@@ -92,12 +92,19 @@ def check_count(items: list, what: str, limit: int) -> None:
         raise ApiError(422, "too_many_items", f"{len(items)} {what}, more than the limit of {limit} per request", what)
 
 
-def check_texts(svc: ServiceState, texts: list[str], field_name: str) -> None:
-    """422 `text_too_long` for a text over `settings.max_text_chars`."""
+def check_texts(svc: ServiceState, texts: list[str], field_name: str, indexed: bool = True) -> None:
+    """422 `empty_text` for an empty or blank text, `text_too_long` for one over `settings.max_text_chars`.
+
+    The error names the field, and the index of the text when the field is a list (`indexed`).
+    """
     limit = svc.settings.max_text_chars
     for i, text in enumerate(texts):
+        index = i if indexed else None
+        if not text.strip():
+            raise ApiError(422, "empty_text", "text is empty or only whitespace: it would embed as noise and match nothing",
+                           field_name, index)
         if len(text) > limit:
-            raise ApiError(422, "text_too_long", f"text has {len(text)} characters, more than the limit of {limit}", field_name, i)
+            raise ApiError(422, "text_too_long", f"text has {len(text)} characters, more than the limit of {limit}", field_name, index)
 
 
 def check_store_name(name: str, field: str) -> None:
@@ -147,10 +154,15 @@ async def upload_bytes(svc: ServiceState, upload: UploadFile, field: str, index:
 
 
 # -- embedding and class helpers ----------------------------------------------------------------
-async def embed_image_strings(svc: ServiceState, values: list[str], fields: list[str] | str, indexed: bool = True) -> np.ndarray:
-    """Base64 / data-URI images -> normalised embeddings; errors name the field (and index when `indexed`)."""
+async def embed_image_strings(svc: ServiceState, values: list[str | bytes], fields: list[str] | str, indexed: bool = True) -> np.ndarray:
+    """Images -> normalised embeddings; errors name the field (and index when `indexed`).
+
+    A value is a base64 / data-URI string (JSON bodies) or a file's bytes (multipart parts, already
+    checked for size by `service.image_requests`).
+    """
     names = fields if isinstance(fields, list) else [fields] * len(values)
-    data = [image_bytes(v, names[i], i if indexed else None, svc.settings.max_image_bytes) for i, v in enumerate(values)]
+    data = [v if isinstance(v, bytes) else image_bytes(v, names[i], i if indexed else None, svc.settings.max_image_bytes)
+            for i, v in enumerate(values)]
     try:
         return await svc.engine.embed_images(data)
     except ImageDecodeError as err:
@@ -193,6 +205,8 @@ async def build_classes(
         for name in (h.a, h.b):
             if name not in known:
                 raise ApiError(422, "unknown_hint_class", f"hint names class {name!r}, which is not among the classes", "hints", i)
+        if not h.text.strip():
+            raise ApiError(422, "empty_text", "hint text is empty or only whitespace", "hints", i)
         if len(h.text) > settings.max_text_chars:
             raise ApiError(422, "text_too_long", f"hint text is longer than {settings.max_text_chars} characters", "hints", i)
     alpha = DEFAULT_ALPHA if alpha is None else float(alpha)

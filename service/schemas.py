@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+from pydantic_core import PydanticCustomError
 
 ImageString = str
 
@@ -39,10 +40,23 @@ class EmbedResponse(BaseModel):
     image_embeddings: list[list[float]]
 
 
+TOKEN_IDS_MESSAGE = ("token-id input is not supported: pcclip tokenizes with its own model's tokenizer, "
+                     "so give the texts themselves (a string or a list of strings)")
+
+
+def _refuse_token_ids(value):
+    """Token ids (a list of ints, or of lists of ints) get a clear error instead of a bare type error."""
+    items = value if isinstance(value, list) else []
+    if any(isinstance(v, int) and not isinstance(v, bool) or isinstance(v, list) for v in items):
+        raise PydanticCustomError("token_ids_not_supported", TOKEN_IDS_MESSAGE)
+    return value
+
+
 class OpenAIEmbeddingsRequest(BaseModel):
-    input: Union[str, list[str]]
-    model: Optional[str] = None
+    input: Annotated[Union[str, list[str]], BeforeValidator(_refuse_token_ids)]
+    model: Optional[str] = Field(None, description="the served model's id (GET /v1/models), or left out")
     encoding_format: Optional[Literal["float", "base64"]] = None
+    dimensions: Optional[int] = Field(None, description="only the model's own dimension: embeddings are not shortened")
     user: Optional[str] = None
 
 
@@ -62,6 +76,18 @@ class OpenAIEmbeddingsResponse(BaseModel):
     data: list[OpenAIEmbedding]
     model: str
     usage: OpenAIUsage
+
+
+class OpenAIModel(BaseModel):
+    id: str
+    object: str = "model"
+    created: int = Field(description="when this process loaded the model (Unix time)")
+    owned_by: str = "pcclip"
+
+
+class OpenAIModelList(BaseModel):
+    object: str = "list"
+    data: list[OpenAIModel]
 
 
 # -- rank / compare / explain ----------------------------------------------------------------

@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import numpy as np
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
 from models.difference import softmax, zero_shot_logits
 from service import schemas
 from service.dependencies import DEFAULT_TOP_K, Service, build_classes, check_count, embed_image_strings, get_store, top_k_of
 from service.errors import ApiError
+from service.image_requests import image_request_body, read_image_request
 
 router = APIRouter(tags=["classification"])
 
 
-@router.post("/v1/classify", response_model=schemas.ClassifyResponse)
-async def classify(req: schemas.ClassifyRequest, svc: Service):
-    """Zero-shot classification against `classes` (templates, comparative-prompting hints, alpha) or a `store`."""
+@router.post("/v1/classify", response_model=schemas.ClassifyResponse, openapi_extra=image_request_body(schemas.ClassifyRequest))
+async def classify(request: Request, svc: Service):
+    """Zero-shot classification against `classes` (templates, comparative-prompting hints, alpha) or a `store`.
+
+    JSON (images as base64) or multipart (`images` files; `classes`, `templates` and `hints` repeated
+    fields, each hint a JSON object; `store`, `alpha`, `top_k` fields)."""
+    req, inputs = await read_image_request(request, svc.settings, schemas.ClassifyRequest)
     if (req.classes is None) == (req.store is None):
         raise ApiError(422, "invalid_request", "give exactly one of 'classes' and 'store'", "classes")
     check_count(req.images, "images", svc.settings.max_items)
@@ -29,7 +34,7 @@ async def classify(req: schemas.ClassifyRequest, svc: Service):
             raise ApiError(422, "invalid_request", "classes must not be empty", "classes")
         weights, _, _, _ = await build_classes(svc, req.classes, req.templates, req.hints, req.alpha)
         names = req.classes
-    images = await embed_image_strings(svc, req.images, "images")
+    images = await embed_image_strings(svc, inputs["images"], "images")
     probs = softmax(zero_shot_logits(images, weights, svc.encoder.logit_scale))
     k = top_k_of(req.top_k, len(names), DEFAULT_TOP_K)
     results = []

@@ -7,37 +7,23 @@ import base64
 from fastapi import APIRouter, Request
 
 from service import schemas
-from service.dependencies import IMAGE_FILES, Service, check_count, check_texts, embed_image_files, embed_image_strings, json_or_multipart_body, read_form, upload_bytes
+from service.dependencies import Service, check_count, check_texts, embed_image_strings
 from service.errors import ApiError
+from service.image_requests import image_request_body, read_image_request
 
 router = APIRouter(tags=["embeddings"])
 
-EMBED_BODY = json_or_multipart_body(schemas.EmbedRequest, {"images": IMAGE_FILES, "texts": {"type": "array", "items": {"type": "string"}}})
 
-
-@router.post("/v1/embed", response_model=schemas.EmbedResponse, openapi_extra={"requestBody": EMBED_BODY})
+@router.post("/v1/embed", response_model=schemas.EmbedResponse, openapi_extra=image_request_body(schemas.EmbedRequest))
 async def embed(request: Request, svc: Service):
-    """L2-normalised embeddings of texts and images: JSON (images as base64 / data URIs) or multipart files."""
+    """L2-normalised embeddings of texts and images: JSON (images as base64 / data URIs) or multipart (`images` files, `texts` fields)."""
     settings = svc.settings
-    content_type = request.headers.get("content-type", "")
-    if content_type.startswith("multipart/form-data"):
-        form = await read_form(request, svc)
-        texts = [str(t) for t in form.getlist("texts") if isinstance(t, str)]
-        uploads = [f for f in form.getlist("images") if not isinstance(f, str)]
-        if any(isinstance(v, str) for v in form.getlist("images")):
-            raise ApiError(422, "invalid_request", "multipart 'images' parts must be files", "images")
-        check_count(uploads, "images", settings.max_items)
-        check_count(texts, "texts", settings.max_items)
-        check_texts(svc, texts, "texts")
-        data = [await upload_bytes(svc, up, "images", i) for i, up in enumerate(uploads)]
-        image_embs = await embed_image_files(svc, data)
-    else:
-        req = schemas.EmbedRequest.model_validate_json(await request.body())
-        texts = req.texts or []
-        check_count(texts, "texts", settings.max_items)
-        check_count(req.images or [], "images", settings.max_items)
-        check_texts(svc, texts, "texts")
-        image_embs = await embed_image_strings(svc, req.images or [], "images")
+    req, inputs = await read_image_request(request, settings, schemas.EmbedRequest)
+    texts = req.texts or []
+    check_count(texts, "texts", settings.max_items)
+    check_count(req.images or [], "images", settings.max_items)
+    check_texts(svc, texts, "texts")
+    image_embs = await embed_image_strings(svc, inputs.get("images", []), "images")
     text_embs = await svc.engine.embed_texts(texts)
     return schemas.EmbedResponse(
         model=svc.encoder.model_id, dim=svc.encoder.dim,
@@ -45,14 +31,30 @@ async def embed(request: Request, svc: Service):
     )
 
 
+def check_openai_model(svc: Service, model: str | None, field: str = "model") -> None:
+    """404 `model_not_found` unless `model` is left out or names the served model (as GET /v1/models lists it)."""
+    if model is not None and model != svc.encoder.model_id:
+        raise ApiError(404, "model_not_found", f"model {model!r} is not served here; this service serves "
+                       f"{svc.encoder.model_id!r} (GET /v1/models)", field)
+
+
 @router.post("/v1/embeddings", response_model=schemas.OpenAIEmbeddingsResponse)
 async def openai_embeddings(req: schemas.OpenAIEmbeddingsRequest, svc: Service):
-    """OpenAI-compatible text embeddings (`encoding_format` float or base64)."""
+    """OpenAI-compatible text embeddings (`encoding_format` float or base64).
+
+    `model` must be left out or name the served model; `dimensions` may only be the model's own
+    (CLIP embeddings are not trained to be shortened); token-id input is refused (give texts).
+    """
+    check_openai_model(svc, req.model)
+    if req.dimensions is not None and req.dimensions != svc.encoder.dim:
+        raise ApiError(422, "dimensions_not_supported", f"{svc.encoder.model_id} gives {svc.encoder.dim}-dimensional "
+                       f"embeddings and cannot shorten them to {req.dimensions} (they are not trained for it): "
+                       f"leave out dimensions or pass {svc.encoder.dim}", "dimensions")
     texts = [req.input] if isinstance(req.input, str) else list(req.input)
     if not texts:
         raise ApiError(422, "invalid_request", "input must not be empty", "input")
     check_count(texts, "input", svc.settings.max_items)
-    check_texts(svc, texts, "input")
+    check_texts(svc, texts, "input", indexed=isinstance(req.input, list))
     embs = await svc.engine.embed_texts(texts)
     ids = svc.encoder.tokenize(texts)
     tokens = int((ids != getattr(svc.encoder.tokenizer, "pad_id", 0)).sum())
@@ -61,3 +63,20 @@ async def openai_embeddings(req: schemas.OpenAIEmbeddingsRequest, svc: Service):
         value = base64.b64encode(e.astype("<f4").tobytes()).decode() if req.encoding_format == "base64" else e.tolist()
         data.append(schemas.OpenAIEmbedding(index=i, embedding=value))
     return schemas.OpenAIEmbeddingsResponse(data=data, model=svc.encoder.model_id, usage=schemas.OpenAIUsage(prompt_tokens=tokens, total_tokens=tokens))
+
+
+def _served_model(svc: Service) -> schemas.OpenAIModel:
+    return schemas.OpenAIModel(id=svc.encoder.model_id, created=int(svc.loaded_at or 0))
+
+
+@router.get("/v1/models", response_model=schemas.OpenAIModelList)
+async def openai_models(svc: Service):
+    """OpenAI-compatible model list: the one model this service serves."""
+    return schemas.OpenAIModelList(data=[_served_model(svc)])
+
+
+@router.get("/v1/models/{model}", response_model=schemas.OpenAIModel)
+async def openai_model(model: str, svc: Service):
+    """OpenAI-compatible model lookup: the served model, or 404."""
+    check_openai_model(svc, model)
+    return _served_model(svc)

@@ -7,6 +7,7 @@ import contextlib
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -132,3 +133,28 @@ def photo_b64(cub_photos) -> list[str]:
 @pytest.fixture(scope="session")
 def photo_bytes(cub_photos) -> list[bytes]:
     return [p.read_bytes() for p in cub_photos]
+
+
+@pytest.fixture(scope="module")
+def live_url(encoder, redis_server):
+    """The app under uvicorn on a loopback port, for clients that speak real HTTP (openai, curl)."""
+    import httpx
+    import uvicorn
+
+    from service.app import create_app
+
+    port = free_port()
+    app = create_app(make_settings(redis_server.url), encoder=encoder)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url + "/readyz", timeout=1).status_code == 200:
+                break
+        time.sleep(0.1)
+    yield url
+    server.should_exit = True
+    thread.join(timeout=15)

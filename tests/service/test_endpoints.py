@@ -60,7 +60,7 @@ def test_embed_multipart(client, photo_bytes):
 
 
 def test_openai_embeddings(client, encoder):
-    r = client.post("/v1/embeddings", json={"input": ["a red bird", "a blue bird"], "model": "whatever"})
+    r = client.post("/v1/embeddings", json={"input": ["a red bird", "a blue bird"], "model": encoder.model_id})
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["object"] == "list" and body["model"] == encoder.model_id
