@@ -97,6 +97,7 @@ wait_for() {  # wait_for WHAT SECONDS COMMAND...: poll every 2 s until the comma
     [ "$(date +%s)" -lt "$deadline" ] || die "timed out after ${limit}s waiting for $what"
     sleep 2
   done
+  log "$what: ok"
 }
 
 teardown() {
@@ -134,6 +135,7 @@ step "build export and api images" "$BUILD_TIMEOUT" env PATH="$BUILD_PATH" "${C[
 
 # --- 2. up without Grafana ---------------------------------------------------------------------
 step "up: lb, prometheus (+ api, redis, export one-shot)" "$STEP_TIMEOUT" "${C[@]}" up -d lb prometheus
+log "export one-shot: $("${C[@]}" logs --no-color export 2>/dev/null | grep -v '^Attaching' | tail -n 2 | tr '\n' ' ')"
 
 # --- 3. /readyz through the lb, bundle backend -------------------------------------------------
 ready() { [ "$(json_field "$LB/readyz" 'd["backend"] == "onnxruntime" and d["redis"]["up"]')" = "True" ]; }

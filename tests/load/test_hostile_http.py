@@ -82,7 +82,7 @@ def _hostile_requests() -> list[tuple[str, str, str, object, set[int]]]:
     huge_b64 = "A" * (20 * 1024 * 1024)  # 15 MB decoded, all zeros: not an image
     deep = ("[" * 100_000 + "]" * 100_000).encode()
     deep_obj = ('{"texts":' + "[" * 50_000 + "]" * 50_000 + "}").encode()
-    unicode_texts = ["\u0000", "\u202e\u0645\u0631\u062d\u0628\u0627", "\U0001F426" * 500, "e\u0301" * 300, "\ufeff", " ", "\u200b" * 1000,
+    unicode_texts = ["\u0000", "\u202e\u0645\u0631\u062d\u0628\u0627", "\U0001F426" * 500, "e\u0301" * 300, "\ufeff", "\u200b" * 1000,
                      "𝔟𝔦𝔯𝔡", "\ud7ff\ue000\uffff"]
     cases = [
         ("decompression bomb", "POST", "/v1/embed", {"images": [bomb]}, {413}),
@@ -104,6 +104,7 @@ def _hostile_requests() -> list[tuple[str, str, str, object, set[int]]]:
         ("10,000 classes store", "PUT", "/v1/stores/big", {"classes": [f"c{i}" for i in range(10_000)]}, {422}),
         ("10,000 candidates", "POST", "/v1/explain", {"image_a": "AAAA", "image_b": "AAAA", "candidates": ["x"] * 10_000}, {422}),
         ("unicode texts", "POST", "/v1/embed", {"texts": unicode_texts}, {200}),
+        ("blank text", "POST", "/v1/embed", {"texts": ["a bird", " \t"]}, {422}),
         ("unicode classes", "POST", "/v1/classify", {"images": ["AAAA"], "classes": unicode_texts[1:4]}, {422}),
         ("lone surrogate", "POST", "/v1/embed", b'{"texts": ["\\ud800 bird"]}', {200, 422}),
         ("invalid utf-8", "POST", "/v1/embed", b'{"texts": ["\xff\xfe bird"]}', {400, 422}),
