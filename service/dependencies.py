@@ -113,12 +113,29 @@ def check_store_name(name: str, field: str) -> None:
         raise ApiError(422, "invalid_store_name", "store names are 1-128 characters of letters, digits, '_', '.', '-'", field)
 
 
+def _inline_definitions(schema: dict) -> dict:
+    """A model's JSON schema with its `$defs` written in place: `#/$defs/...` does not resolve inside an OpenAPI document."""
+    definitions = schema.pop("$defs", {})
+
+    def walk(node):
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/$defs/"):
+                return walk(definitions[ref.rsplit("/", 1)[-1]])
+            return {k: walk(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        return node
+
+    return walk(schema)
+
+
 def json_or_multipart_body(json_model, multipart_properties: dict) -> dict:
     """An OpenAPI requestBody for a route that reads JSON (`json_model`) or a multipart form."""
     return {
         "required": True,
         "content": {
-            "application/json": {"schema": json_model.model_json_schema()},
+            "application/json": {"schema": _inline_definitions(json_model.model_json_schema())},
             "multipart/form-data": {"schema": {"type": "object", "properties": multipart_properties}},
         },
     }
