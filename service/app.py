@@ -35,7 +35,7 @@ from service.inference import InferenceEngine
 from service.metrics import ServiceMetrics
 from service.routes import ROUTERS
 from service.settings import Settings
-from service.stores import StoreRegistry, StoreUnavailable
+from service.stores import StoreRegistry, StoreUnavailable, TooManyStores
 
 log = logging.getLogger(__name__)
 
@@ -206,6 +206,10 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _store_unavailable(request, exc: StoreUnavailable):
         return error_response(503, "store_unavailable", str(exc), headers={"Retry-After": "1"})
 
+    @app.exception_handler(TooManyStores)
+    async def _too_many_stores(request, exc: TooManyStores):
+        return error_response(409, "too_many_stores", f"this model already has {exc.limit} class stores (PCCLIP_MAX_STORES); delete one first", "name")
+
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request, exc: StarletteHTTPException):
         codes = {404: "not_found", 405: "method_not_allowed", 400: "bad_request", 413: "body_too_large"}
@@ -243,7 +247,9 @@ def create_app(settings: Settings | None = None, encoder: Encoder | None = None)
         svc.engine = InferenceEngine(enc, settings, metrics)
         svc.engine.start()
         svc.stores = StoreRegistry(settings.redis_url, enc.model_id, enc.fingerprint, metrics,
-                                   timeout_s=settings.redis_timeout_s, check_interval_s=settings.redis_check_interval_s)
+                                   timeout_s=settings.redis_timeout_s, check_interval_s=settings.redis_check_interval_s,
+                                   sync_interval_s=settings.store_sync_interval_s, max_stale_s=settings.store_max_stale_s,
+                                   cache_size=settings.store_cache_size, max_stores=settings.max_stores)
         await svc.stores.start()
         svc.collections = CollectionRegistry(svc.stores, enc.model_id, enc.fingerprint, metrics,
                                              dtype=settings.collection_dtype, log_length=settings.collection_log_length)

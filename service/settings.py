@@ -30,6 +30,10 @@ class Settings(BaseSettings):
     redis_url: str = Field("redis://localhost:6379/0", description="Redis for class stores")
     redis_timeout_s: float = Field(0.5, gt=0, description="Redis connect and command timeout")
     redis_check_interval_s: float = Field(1.0, gt=0, description="how often the Redis state is checked")
+    store_sync_interval_s: float = Field(0.25, gt=0, description="a store change made by any replica is seen by every other within this")
+    store_max_stale_s: float = Field(300.0, ge=0, description="Redis down: serve cached stores for at most this long after the last check")
+    store_cache_size: int = Field(256, gt=0, description="class stores cached per process (least recently used evicted)")
+    max_stores: int = Field(1000, gt=0, description="class stores per model (a new name past this: 409)")
     # auth
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list, description="comma-separated API keys; empty: no auth")
     public_reads: bool = Field(False, description="with keys set: inference routes need no key, store writes still do")

@@ -1,14 +1,20 @@
 """Class stores: named sets of class embeddings, computed once and kept in Redis plus an in-process cache.
 
-Redis keys carry the model's id AND weight fingerprint (`pcclip:store:{model}:{fingerprint}:{name}`),
-so a different model (or the same name with new weights) never sees stale embeddings. Each store is
-a hash: `meta` (JSON: classes, templates, hints, alpha, ...) and `embeddings` (float32 bytes, [C, D]);
-a set `pcclip:stores:{model}:{fingerprint}` lists the names.
+Redis is the one source of truth. Keys carry the model's id AND weight fingerprint
+(`pcclip:store:{model}:{fingerprint}:{name}`), so a different model (or the same name with new
+weights) never sees stale embeddings. Each store is a hash: `meta` (JSON: classes, templates,
+hints, alpha, ...) and `embeddings` (float32 bytes, [C, D]). The namespace
+`pcclip:stores:{model}:{fingerprint}` holds the index and version keys of `service.coherence`,
+which keeps every replica's cache coherent: a store PUT, replaced or deleted by any process is seen
+by every other within `sync_interval_s` (listing and lookup alike), and a Redis that restarted
+empty empties the caches too. At most `max_stores` stores per model (a new name past that is
+refused), and at most `cache_size` of them cached per process (least recently used evicted).
 
-Redis down: reads are served from the in-process cache, writes raise `StoreUnavailable` (503), a
-monitor task pings Redis every `check_interval_s` and flips `up` (and the `pcclip_redis_up`
-gauge); the client reconnects by itself on the next command. Nothing is written while Redis is
-down, so nothing can be lost; on the way back up the monitor reloads the stores into the cache.
+Redis down: writes raise `StoreUnavailable` (503); reads (lookup and listing) are served from the
+cache for at most `max_stale_s` after the last successful check, then raise it too. A monitor task
+checks Redis every `check_interval_s` and flips `up` (and the `pcclip_redis_up` gauge); the client
+reconnects by itself on the next command. Nothing is written while Redis is down, so nothing can be
+lost; on the way back up the monitor re-checks the versions and drops what changed meanwhile.
 """
 
 from __future__ import annotations
@@ -23,18 +29,27 @@ from dataclasses import dataclass, field
 import numpy as np
 import redis.asyncio as aioredis
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
 from redis.retry import Retry
 
+from service.coherence import REDIS_ERRORS, CoherentCache, NamespaceFull, RedisUnavailable
 from service.metrics import ServiceMetrics
 
 log = logging.getLogger(__name__)
 
-STORE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+STORE_NAME = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}\Z")  # \Z: "$" would let a trailing newline in
+
+
+def valid_store_name(name: str) -> bool:
+    """1-128 characters of letters, digits, '_', '.', '-', starting with a letter or digit (nothing else, no newline)."""
+    return STORE_NAME.fullmatch(name) is not None
 
 
 class StoreUnavailable(RuntimeError):
-    """Redis is not reachable (writes, and reads of stores not in the cache, must wait)."""
+    """Redis is not reachable (writes, and reads the cache may not answer, must wait)."""
+
+
+class TooManyStores(NamespaceFull):
+    """A new store was refused: the model already has `limit` stores."""
 
 
 @dataclass
@@ -88,7 +103,7 @@ class ClassStore:
 
 
 class StoreRegistry:
-    """Class stores of one model in Redis, with an in-process cache in front."""
+    """Class stores of one model in Redis, with a coherent in-process cache in front."""
 
     def __init__(
         self,
@@ -98,6 +113,10 @@ class StoreRegistry:
         metrics: ServiceMetrics,
         timeout_s: float = 0.5,
         check_interval_s: float = 1.0,
+        sync_interval_s: float = 0.25,
+        max_stale_s: float = 300.0,
+        cache_size: int = 256,
+        max_stores: int = 1000,
     ):
         self.redis_url = redis_url
         self.model_id = model_id
@@ -105,9 +124,13 @@ class StoreRegistry:
         self.metrics = metrics
         self.timeout_s = timeout_s
         self.check_interval_s = check_interval_s
+        self.max_stores = int(max_stores)
         self.prefix = f"pcclip:store:{model_id}:{fingerprint}:"
-        self.index_key = f"pcclip:stores:{model_id}:{fingerprint}"
-        self.cache: dict[str, ClassStore] = {}
+        self.namespace = f"pcclip:stores:{model_id}:{fingerprint}"  # once a plain set of the names
+        self.cache: CoherentCache[ClassStore] = CoherentCache(
+            self.namespace, key_of=lambda name: self.prefix + name, decode=ClassStore.from_redis,
+            max_entries=cache_size, sync_interval_s=sync_interval_s, max_stale_s=max_stale_s,
+        )
         self.up = False
         self.last_error: str | None = None
         self._client: aioredis.Redis | None = None
@@ -116,7 +139,7 @@ class StoreRegistry:
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
         """Connect (a Redis that is down is not fatal), load the stores, start the monitor."""
-        self._client = aioredis.from_url(
+        self._client = self.cache.client = aioredis.from_url(
             self.redis_url,
             socket_timeout=self.timeout_s,
             socket_connect_timeout=self.timeout_s,
@@ -138,21 +161,24 @@ class StoreRegistry:
                 log.warning("closing the redis client did not finish cleanly")
 
     async def check(self) -> bool:
-        """Ping Redis, update `up` and the gauge; on the way up, load the stores into the cache."""
+        """Check Redis and the store versions, update `up` and the gauge; on the way up, load the stores."""
         was_up = self.up
         try:
-            await self._client.ping()
-        except (RedisError, OSError) as err:
+            await self.cache.sync(force=True)
+        except REDIS_ERRORS as err:
             self._mark_down(err)
             return False
         self.up = True
         self.last_error = None
         self.metrics.redis_up.set(1)
         if not was_up:
-            log.info("redis at %s is up", self._safe_url())
+            log.info("redis is up")
             try:
-                await self._load_all()
-            except (RedisError, OSError) as err:
+                if adopted := await self.cache.adopt_legacy_index(self.namespace, self.prefix):
+                    log.info("indexed %d class stores written by an older version", adopted)
+                if loaded := await self.cache.warm():
+                    log.info("loaded %d class stores from redis", loaded)
+            except (RedisUnavailable, *REDIS_ERRORS) as err:
                 self._mark_down(err)
         return self.up
 
@@ -163,7 +189,7 @@ class StoreRegistry:
 
     def _mark_down(self, err: Exception) -> None:
         if self.up or self.last_error is None:
-            log.warning("redis at %s is down: %s", self._safe_url(), err)
+            log.warning("redis is down: %s", err)
         self.up = False
         self.last_error = f"{type(err).__name__}: {err}"
         self.metrics.redis_up.set(0)
@@ -172,71 +198,61 @@ class StoreRegistry:
         return re.sub(r"//[^@/]*@", "//***@", self.redis_url)
 
     def _unavailable(self, what: str) -> StoreUnavailable:
-        return StoreUnavailable(f"class store {what} is unavailable: Redis is not reachable ({self.last_error}); retry shortly")
-
-    async def _load_all(self) -> None:
-        names = sorted(n.decode() for n in await self._client.smembers(self.index_key))
-        for name in names:
-            if name not in self.cache:
-                data = await self._client.hgetall(self.prefix + name)
-                if data:
-                    self.cache[name] = ClassStore.from_redis(data)
-        if names:
-            log.info("loaded %d class stores from redis", len(names))
+        return StoreUnavailable(f"class store {what} is unavailable: Redis is not reachable; retry shortly")
 
     # -- operations -------------------------------------------------------------------------
     async def get(self, name: str) -> ClassStore | None:
         """The store, from the cache or Redis; None if it does not exist. Raises StoreUnavailable."""
-        store = self.cache.get(name)
-        if store is not None:
-            self.metrics.store_lookups.labels("cache_hit").inc()
-            return store
-        if not self.up:
-            self.metrics.store_lookups.labels("unavailable").inc()
-            raise self._unavailable(f"{name!r} (not in the in-process cache)")
         try:
-            data = await self._client.hgetall(self.prefix + name)
-        except (RedisError, OSError) as err:
-            self._mark_down(err)
+            store, source = await self.cache.get(name, offline=not self.up)
+        except RedisUnavailable as err:
+            if self.up:
+                self._mark_down(err)
+            self.metrics.store_lookups.labels("unavailable").inc()
             raise self._unavailable(repr(name)) from err
-        if not data:
-            self.metrics.store_lookups.labels("not_found").inc()
-            return None
-        store = self.cache[name] = ClassStore.from_redis(data)
-        self.metrics.store_lookups.labels("redis_hit").inc()
+        if source == "stale_cache" and self.up:
+            self._mark_down(RedisUnavailable("a store lookup could not reach Redis"))
+        result = {"cache": "cache_hit", "stale_cache": "stale_cache_hit", "redis": "redis_hit"}[source]
+        self.metrics.store_lookups.labels(result if store is not None else "not_found").inc()
         return store
 
     async def put(self, store: ClassStore) -> None:
-        """Write to Redis (AOF-persisted there), then to the cache. Raises StoreUnavailable."""
-        await self._write("put", store.name, lambda pipe: pipe.delete(self.prefix + store.name).hset(self.prefix + store.name, mapping=store.to_redis()).sadd(self.index_key, store.name))
-        self.cache[store.name] = store
+        """Write to Redis (AOF-persisted there), then to the cache. Raises StoreUnavailable, TooManyStores."""
+        try:
+            await self._write("put", store.name, self.cache.put_hash(store.name, store.to_redis(), store, limit=self.max_stores))
+        except NamespaceFull as err:
+            self.metrics.store_writes.labels("put", "too_many").inc()
+            raise TooManyStores(err.limit) from None
 
     async def delete(self, name: str) -> bool:
         """Delete a store; True if it existed. Raises StoreUnavailable."""
-        results = await self._write("delete", name, lambda pipe: pipe.delete(self.prefix + name).srem(self.index_key, name))
-        existed = bool(results[0]) or self.cache.pop(name, None) is not None
-        self.cache.pop(name, None)
-        return existed
+        return await self._write("delete", name, self.cache.delete(name))
 
     async def names(self) -> tuple[list[str], str]:
-        """(store names, source): from Redis when it is up, else from the cache."""
-        if self.up:
-            try:
-                return sorted(n.decode() for n in await self._client.smembers(self.index_key)), "redis"
-            except (RedisError, OSError) as err:
+        """(store names, source "redis" | "stale_cache"). Raises StoreUnavailable."""
+        try:
+            names, source = await self.cache.names(offline=not self.up)
+        except RedisUnavailable as err:
+            if self.up:
                 self._mark_down(err)
-        return sorted(self.cache), "cache"
+            raise self._unavailable("listing") from err
+        return names, source
 
-    async def _write(self, op: str, name: str, build):
+    def ensure_writable(self, name: str) -> None:
+        """Raise StoreUnavailable now (before any encoding) when Redis is known to be down."""
         if not self.up:
+            raise self._unavailable(f"write (put {name!r})")
+
+    async def _write(self, op: str, name: str, write):
+        if not self.up:
+            write.close()
             self.metrics.store_writes.labels(op, "unavailable").inc()
             raise self._unavailable(f"write ({op} {name!r})")
         try:
-            async with self._client.pipeline(transaction=True) as pipe:
-                results = await build(pipe).execute()
-        except (RedisError, OSError) as err:
+            result = await write
+        except REDIS_ERRORS as err:
             self._mark_down(err)
             self.metrics.store_writes.labels(op, "unavailable").inc()
             raise self._unavailable(f"write ({op} {name!r})") from err
         self.metrics.store_writes.labels(op, "ok").inc()
-        return results
+        return result

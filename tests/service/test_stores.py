@@ -90,3 +90,50 @@ def test_service_starts_with_redis_down(encoder, tmp_path, photo_b64):
             assert client.put("/v1/stores/x", json=STORE).status_code == 200
         finally:
             server.stop()
+
+
+@pytest.mark.parametrize("name", ["a%0A", "a" * 128 + "%0A", "a%20b", "a" * 129])
+def test_store_names_are_matched_in_full(client, name):
+    r = client.put(f"/v1/stores/{name}", json=STORE)
+    assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_store_name"
+    assert client.get("/v1/stores").json()["stores"] == []
+
+
+def test_number_of_stores_is_capped_and_the_cache_evicts(encoder, redis_url, photo_b64):
+    small = {"classes": ["crow", "raven"], "templates": ["a photo of a {}."]}
+    with service_client(encoder, redis_url, max_stores=2, store_cache_size=1) as client:
+        assert client.put("/v1/stores/one", json=small).status_code == 200
+        assert client.put("/v1/stores/two", json=small).status_code == 200
+        third = client.put("/v1/stores/three", json=small)
+        assert third.status_code == 409 and third.json()["error"]["code"] == "too_many_stores"
+        assert "2" in third.json()["error"]["message"]
+        assert client.put("/v1/stores/one", json=STORE).status_code == 200  # replacing is not a new store
+        assert client.get("/v1/stores").json()["stores"] == ["one", "two"]
+        assert client.get("/readyz").json()["redis"]["cached_stores"] == 1
+        for name in ("one", "two", "one"):  # evicted stores are read back from Redis
+            assert client.post("/v1/classify", json={"images": photo_b64[:1], "store": name}).status_code == 200
+        assert client.delete("/v1/stores/two").status_code == 200
+        assert client.put("/v1/stores/three", json=small).status_code == 200
+
+
+def test_listing_and_lookup_agree_after_redis_comes_back_empty(encoder, tmp_path, photo_b64):
+    """Issue 15 item 11: the in-process cache must not keep answering for a store Redis lost."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    server = RedisServer(tmp_path / "a").start()
+    try:
+        with service_client(encoder, server.url) as client:
+            assert client.put("/v1/stores/birds", json=STORE).status_code == 200
+            server.stop()
+            assert _wait_for(lambda: client.get("/readyz").json()["redis"]["up"] is False)
+            fresh = RedisServer(tmp_path / "b", port=server.port).start()  # same address, no data
+            try:
+                assert _wait_for(lambda: client.get("/readyz").json()["redis"]["up"] is True)
+                assert client.get("/v1/stores").json()["stores"] == []
+                assert client.get("/v1/stores/birds").status_code == 404
+                r = client.post("/v1/classify", json={"images": photo_b64[:1], "store": "birds"})
+                assert r.status_code == 404 and r.json()["error"]["code"] == "store_not_found"
+            finally:
+                fresh.stop()
+    finally:
+        server.stop()

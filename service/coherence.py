@@ -1,0 +1,274 @@
+"""One cross-process cache-invalidation mechanism: named values in Redis, cached in each process.
+
+Every replica keeps an in-process LRU of values it read from Redis. They stay coherent through
+three Redis keys per namespace, written only by the Lua scripts below (atomic, so a write and its
+version bump can never be seen apart):
+
+- `{ns}:generations`: hash name -> generation (the write clock's value when the name was last
+  written); it is also the namespace's index (listing = its keys).
+- `{ns}:clock`: counter, incremented by every write (put or delete) in the namespace.
+- `{ns}:epoch`: a random id set by the first write after the namespace was empty, so a Redis that
+  restarted empty (or was flushed) is told apart from one that merely has the same clock value.
+
+A read first makes sure the process has checked `(epoch, clock)` within `sync_interval_s`; one
+`MGET` does it. When they moved, one transaction reads the generations, and every cached entry
+whose generation differs (or whose name is gone) is dropped, so the next read reloads it. A read
+therefore never answers from a value that was replaced or deleted more than `sync_interval_s`
+ago while Redis is reachable.
+
+Redis unreachable: nothing can be written (writes go to Redis first and fail), so the only changes
+a process can miss are those of the last `sync_interval_s` before the outage, or, when only this
+process lost Redis (a network partition), those made meanwhile by the others. Cached values are
+served for at most `max_stale_s` after the last successful check; after that reads raise
+`RedisUnavailable` too. Entries are loaded on demand and evicted least-recently-used past
+`max_entries`.
+
+Values are Redis hashes (`key_of(name)` -> {field: bytes}); `decode` turns one into the cached
+object. Writers call `put_hash` / `delete` here, never plain HSET/DEL, so the clock moves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+import uuid
+from typing import Callable, Generic, TypeVar
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+T = TypeVar("T")
+
+# KEYS: clock, epoch, generations, value key; ARGV: name, limit (0: none), new epoch, field, value, ...
+# -> {the new generation, the epoch}, or {-1} when the name is new and the namespace holds `limit` names
+_PUT_HASH = """
+local is_new = redis.call('HEXISTS', KEYS[3], ARGV[1]) == 0
+local limit = tonumber(ARGV[2])
+if is_new and limit > 0 and redis.call('HLEN', KEYS[3]) >= limit then return {-1} end
+redis.call('DEL', KEYS[4])
+redis.call('HSET', KEYS[4], unpack(ARGV, 4))
+local gen = redis.call('INCR', KEYS[1])
+redis.call('SET', KEYS[2], ARGV[3], 'NX')
+redis.call('HSET', KEYS[3], ARGV[1], gen)
+return {gen, redis.call('GET', KEYS[2])}
+"""
+
+# KEYS: clock, epoch, generations, value keys...; ARGV: name, new epoch -> 1 if it existed
+_DELETE = """
+local listed = redis.call('HDEL', KEYS[3], ARGV[1])
+local removed = redis.call('DEL', unpack(KEYS, 4))
+redis.call('INCR', KEYS[1])
+redis.call('SET', KEYS[2], ARGV[2], 'NX')
+if listed + removed > 0 then return 1 end
+return 0
+"""
+
+# KEYS: generations, legacy index set, clock, epoch; ARGV: value-key prefix, new epoch. Names in the
+# set whose value exists become generation 0 (values written before generations existed); the set
+# is then removed, and the clock moves if anything was adopted.
+_ADOPT_LEGACY_INDEX = """
+local names = redis.call('SMEMBERS', KEYS[2])
+local adopted = 0
+for _, name in ipairs(names) do
+  if redis.call('EXISTS', ARGV[1] .. name) == 1 then
+    adopted = adopted + redis.call('HSETNX', KEYS[1], name, 0)
+  end
+end
+redis.call('DEL', KEYS[2])
+if adopted > 0 then
+  redis.call('INCR', KEYS[3])
+  redis.call('SET', KEYS[4], ARGV[2], 'NX')
+end
+return adopted
+"""
+
+REDIS_ERRORS = (RedisError, OSError)
+
+
+class RedisUnavailable(RuntimeError):
+    """Redis could not be reached, and the cache may not answer for it (`max_stale_s` passed, or a miss)."""
+
+
+def _unavailable(err: Exception) -> RedisUnavailable:
+    return err if isinstance(err, RedisUnavailable) else RedisUnavailable(f"{type(err).__name__}: {err}")
+
+
+class NamespaceFull(RuntimeError):
+    """A new name was refused: the namespace already holds `limit` names."""
+
+    def __init__(self, limit: int):
+        super().__init__(f"the namespace already holds {limit} names")
+        self.limit = limit
+
+
+class CoherentCache(Generic[T]):
+    """Named values (Redis hashes) with an in-process LRU that every process keeps coherent."""
+
+    def __init__(
+        self,
+        namespace: str,
+        key_of: Callable[[str], str],
+        decode: Callable[[dict[bytes, bytes]], T],
+        max_entries: int = 256,
+        sync_interval_s: float = 0.25,
+        max_stale_s: float = 300.0,
+    ):
+        self.namespace = namespace
+        self.key_of = key_of
+        self.decode = decode
+        self.max_entries = int(max_entries)
+        self.sync_interval_s = float(sync_interval_s)
+        self.max_stale_s = float(max_stale_s)
+        self.clock_key = f"{namespace}:clock"
+        self.epoch_key = f"{namespace}:epoch"
+        self.generations_key = f"{namespace}:generations"
+        self.client: aioredis.Redis | None = None
+        self._entries: collections.OrderedDict[str, tuple[tuple, T]] = collections.OrderedDict()  # name -> ((epoch, generation), value)
+        self._generations: dict[str, int] = {}  # the namespace's names as of the last sync
+        # (epoch, clock) of a Redis state every cached entry was checked against; None after this
+        # process wrote or loaded at another state, so the next check reads all generations
+        self._seen: tuple | None = None
+        self._synced_at: float | None = None  # time.monotonic() of the last successful check
+        self._lock = asyncio.Lock()
+
+    # -- state ------------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def cached(self, name: str) -> T | None:
+        entry = self._entries.get(name)
+        return None if entry is None else entry[1]
+
+    def stale_for(self) -> float | None:
+        """Seconds since the last successful check of Redis (None: never checked)."""
+        return None if self._synced_at is None else time.monotonic() - self._synced_at
+
+    def may_serve_cached(self) -> bool:
+        """True while the last successful check is at most `max_stale_s` old."""
+        age = self.stale_for()
+        return age is not None and age <= self.max_stale_s
+
+    def _remember(self, name: str, version: tuple, value: T) -> None:
+        self._entries[name] = (version, value)
+        self._entries.move_to_end(name)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+
+    # -- reads ------------------------------------------------------------------------------------
+    async def sync(self, force: bool = False) -> None:
+        """Check `(epoch, clock)` (unless checked within `sync_interval_s`); drop entries that changed.
+
+        Raises RedisError/OSError when Redis cannot be reached.
+        """
+        async with self._lock:  # concurrent readers share one check
+            age = self.stale_for()
+            if not force and age is not None and age < self.sync_interval_s:
+                return
+            seen = tuple(await self.client.mget(self.epoch_key, self.clock_key))
+            if seen != self._seen:
+                async with self.client.pipeline(transaction=True) as pipe:
+                    epoch, clock, raw = await pipe.get(self.epoch_key).get(self.clock_key).hgetall(self.generations_key).execute()
+                generations = {k.decode(): int(v) for k, v in raw.items()}
+                for name, (version, _) in list(self._entries.items()):
+                    # the epoch too: after Redis restarted empty, generations count from 1 again
+                    if version != (epoch, generations.get(name)):
+                        del self._entries[name]
+                self._generations = generations
+                self._seen = (epoch, clock)
+            self._synced_at = time.monotonic()
+
+    async def get(self, name: str, offline: bool = False) -> tuple[T | None, str]:
+        """(value or None if there is none, source: "cache" | "redis" | "stale_cache").
+
+        `offline`: Redis is known to be down; answer from the cache without trying it. Raises
+        RedisUnavailable when Redis cannot be reached and the cache may not answer.
+        """
+        try:
+            if offline:
+                raise RedisUnavailable("Redis is down")
+            await self.sync()
+        except (RedisUnavailable, *REDIS_ERRORS) as err:
+            entry = self._entries.get(name)
+            if entry is not None and self.may_serve_cached():
+                return entry[1], "stale_cache"
+            raise _unavailable(err) from err
+        entry = self._entries.get(name)
+        if entry is not None:
+            self._entries.move_to_end(name)
+            return entry[1], "cache"
+        try:
+            async with self.client.pipeline(transaction=True) as pipe:
+                data, generation, epoch, clock = await (
+                    pipe.hgetall(self.key_of(name)).hget(self.generations_key, name).get(self.epoch_key).get(self.clock_key).execute()
+                )
+        except REDIS_ERRORS as err:
+            raise _unavailable(err) from err
+        if not data or generation is None:
+            return None, "redis"
+        value = self.decode(data)
+        if (epoch, clock) != self._seen:
+            self._seen = None  # cached at a later state than the last check saw: the next check reads all
+        self._remember(name, (epoch, int(generation)), value)
+        return value, "redis"
+
+    async def names(self, offline: bool = False) -> tuple[list[str], str]:
+        """(the namespace's names, source "redis" | "stale_cache") as of a check at most
+        `sync_interval_s` old, or `max_stale_s` while Redis is down (`offline`: known to be)."""
+        try:
+            if offline:
+                raise RedisUnavailable("Redis is down")
+            await self.sync()
+            source = "redis"
+        except (RedisUnavailable, *REDIS_ERRORS) as err:
+            if not self.may_serve_cached():
+                raise _unavailable(err) from err
+            source = "stale_cache"
+        return sorted(self._generations), source
+
+    async def warm(self, limit: int | None = None) -> int:
+        """Load up to `limit` (default `max_entries`) values into the cache; returns how many."""
+        await self.sync(force=True)
+        loaded = 0
+        for name in sorted(self._generations)[: self.max_entries if limit is None else limit]:
+            if name not in self._entries:
+                value, _ = await self.get(name)
+                loaded += value is not None
+        return loaded
+
+    # -- writes -----------------------------------------------------------------------------------
+    async def put_hash(self, name: str, fields: dict[str, bytes], value: T, limit: int = 0) -> int:
+        """Write `fields` as the hash of `name`, bump the clock, cache `value`; returns the generation.
+
+        Raises NamespaceFull when `name` is new and `limit` names exist, RedisError/OSError when
+        Redis cannot be reached.
+        """
+        args = [name, int(limit), uuid.uuid4().hex]
+        for key, data in fields.items():
+            args += [key, data]
+        keys = [self.clock_key, self.epoch_key, self.generations_key, self.key_of(name)]
+        result = await self.client.eval(_PUT_HASH, len(keys), *keys, *args)
+        generation = int(result[0])
+        if generation < 0:
+            raise NamespaceFull(limit)
+        self._generations[name] = generation
+        self._seen = None  # the next check reads the generations again (the clock moved here)
+        self._remember(name, (result[1], generation), value)
+        return generation
+
+    async def delete(self, name: str, extra_keys: tuple[str, ...] = ()) -> bool:
+        """Delete `name` (and `extra_keys`), bump the clock, drop it here; True if it existed."""
+        keys = [self.clock_key, self.epoch_key, self.generations_key, self.key_of(name), *extra_keys]
+        existed = bool(await self.client.eval(_DELETE, len(keys), *keys, name, uuid.uuid4().hex))
+        self._entries.pop(name, None)
+        self._generations.pop(name, None)
+        self._seen = None
+        return existed
+
+    async def adopt_legacy_index(self, legacy_set_key: str, value_prefix: str) -> int:
+        """Give names of an older plain index set (values written before generations) generation 0."""
+        keys = [self.generations_key, legacy_set_key, self.clock_key, self.epoch_key]
+        adopted = int(await self.client.eval(_ADOPT_LEGACY_INDEX, len(keys), *keys, value_prefix, uuid.uuid4().hex))
+        if adopted:
+            self._seen = None
+        return adopted
