@@ -80,8 +80,8 @@ def lost_store_writes(base_url: str, requests: list[Request], report: LoadReport
                 lost.append(f"{name}: API {got.status_code}")
     client = redis.client()
     in_redis = set()
-    for key in client.scan_iter("pcclip:stores:*"):
-        in_redis |= {m.decode() for m in client.smembers(key)}
+    for key in client.scan_iter("pcclip:stores:*:generations"):  # each model's index (service/coherence.py)
+        in_redis |= {m.decode() for m in client.hkeys(key)}
     lost += [f"{name}: not in Redis" for name in sorted(acknowledged - in_redis)]
     return lost
 

@@ -67,16 +67,38 @@ def rank(images: np.ndarray, text: np.ndarray, top_k: int | None = None) -> tupl
     return order, scores[order]
 
 
+def template_error(template: str) -> str | None:
+    """Why `template` is not a class template (None if it is): at most one literal `{}`, no other braces.
+
+    Templates are filled by plain substitution (`fill_template`), never `str.format`, so a format
+    spec such as `{:x>500000000}` or a field such as `{0}` is refused here, not evaluated.
+    """
+    if template.count("{}") > 1:
+        return "a template may contain '{}' only once"
+    if "{" in template.replace("{}", "") or "}" in template.replace("{}", ""):
+        return "a template may contain one '{}' where the class name goes, and no other braces"
+    return None
+
+
+def fill_template(template: str, classname: str) -> str:
+    """The prompt of one class: `{}` replaced by the name, or the name appended when there is none."""
+    return template.replace("{}", classname, 1) if "{}" in template else f"{template} {classname}"
+
+
+def class_prompts(classnames: Sequence[str], templates: Sequence[str]) -> list[str]:
+    """Every (class, template) prompt, class-major: [c0 t0, c0 t1, ..., c1 t0, ...]."""
+    return [fill_template(t, c) for c in classnames for t in templates]
+
+
 def class_embeddings(
     classnames: Sequence[str],
     encode_texts: Callable[[list[str]], np.ndarray],
     templates: Sequence[str] = DEFAULT_TEMPLATES,
 ) -> np.ndarray:
-    """Template ensemble: w_c = n(mean_t n(f(template_t.format(c)))) -> [C, D]."""
+    """Template ensemble: w_c = n(mean_t n(f(fill_template(template_t, c)))) -> [C, D]."""
     if not templates:
         raise ValueError("need at least one template")
-    prompts = [t.format(c) if "{}" in t else f"{t} {c}" for c in classnames for t in templates]
-    emb = normalize(encode_texts(prompts)).reshape(len(classnames), len(templates), -1)
+    emb = normalize(encode_texts(class_prompts(classnames, templates))).reshape(len(classnames), len(templates), -1)
     return normalize(emb.mean(axis=1))
 
 

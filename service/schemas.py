@@ -8,10 +8,23 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, field_validator
 from pydantic_core import PydanticCustomError
 
 ImageString = str
+
+
+def _valid_unicode(value: str) -> str:
+    """Refuse lone UTF-16 surrogates (JSON "\\ud800"): no tokenizer can encode them."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("text contains a lone UTF-16 surrogate (not valid Unicode)") from None
+    return value
+
+
+Text = Annotated[str, AfterValidator(_valid_unicode)]
+"""A text field of a request: any valid Unicode string."""
 
 
 class _Request(BaseModel):
@@ -22,14 +35,14 @@ class Hint(BaseModel):
     """`text` says how class `a` differs from class `b`."""
 
     model_config = ConfigDict(extra="forbid")
-    a: str
-    b: str
-    text: str
+    a: Text
+    b: Text
+    text: Text
 
 
 # -- embed ---------------------------------------------------------------------------------
 class EmbedRequest(_Request):
-    texts: Optional[list[str]] = None
+    texts: Optional[list[Text]] = None
     images: Optional[list[ImageString]] = None
 
 
@@ -58,6 +71,17 @@ class OpenAIEmbeddingsRequest(BaseModel):
     encoding_format: Optional[Literal["float", "base64"]] = None
     dimensions: Optional[int] = Field(None, description="only the model's own dimension: embeddings are not shortened")
     user: Optional[str] = None
+
+
+    @field_validator("input")
+    @classmethod
+    def _input_is_valid_unicode(cls, value):
+        for i, text in enumerate([value] if isinstance(value, str) else value):
+            try:
+                _valid_unicode(text)
+            except ValueError as err:
+                raise ValueError(f"{err} (input item {i})") from None
+        return value
 
 
 class OpenAIEmbedding(BaseModel):
@@ -92,7 +116,7 @@ class OpenAIModelList(BaseModel):
 
 # -- rank / compare / explain ----------------------------------------------------------------
 class RankRequest(_Request):
-    attribute: str
+    attribute: Text
     images: list[ImageString] = Field(min_length=1)
     top_k: Optional[int] = Field(None, ge=1)
 
@@ -111,7 +135,7 @@ class RankResponse(BaseModel):
 class CompareRequest(_Request):
     image_a: ImageString
     image_b: ImageString
-    difference: str
+    difference: Text
 
 
 class CompareResponse(BaseModel):
@@ -125,7 +149,7 @@ class CompareResponse(BaseModel):
 class ExplainRequest(_Request):
     image_a: ImageString
     image_b: ImageString
-    candidates: Optional[list[str]] = None
+    candidates: Optional[list[Text]] = None
     top_k: Optional[int] = Field(None, ge=1)
 
 
@@ -143,9 +167,9 @@ class ExplainResponse(BaseModel):
 # -- classify / stores -----------------------------------------------------------------------
 class ClassifyRequest(_Request):
     images: list[ImageString] = Field(min_length=1)
-    classes: Optional[list[str]] = None
-    store: Optional[str] = None
-    templates: Optional[list[str]] = None
+    classes: Optional[list[Text]] = None
+    store: Optional[Text] = None
+    templates: Optional[list[Text]] = None
     hints: Optional[list[Hint]] = None
     alpha: Optional[float] = Field(None, ge=0.0, le=1.0)
     top_k: Optional[int] = Field(None, ge=1)
@@ -167,8 +191,8 @@ class ClassifyResponse(BaseModel):
 
 
 class StoreRequest(_Request):
-    classes: list[str] = Field(min_length=1)
-    templates: Optional[list[str]] = None
+    classes: list[Text] = Field(min_length=1)
+    templates: Optional[list[Text]] = None
     hints: Optional[list[Hint]] = None
     alpha: Optional[float] = Field(None, ge=0.0, le=1.0)
 

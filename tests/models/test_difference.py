@@ -9,10 +9,12 @@ from models.difference import (
     compare_probability,
     composed_query,
     comparative_prompting,
+    fill_template,
     normalize,
     pair_difference,
     rank,
     softmax,
+    template_error,
     zero_shot_logits,
 )
 
@@ -148,3 +150,15 @@ def test_composed_query_weights_add_up_and_scale():
     np.testing.assert_allclose(composed_query(ref, np.zeros((0, 16)), []), normalize(ref), atol=1e-6)
     with pytest.raises(ValueError):
         composed_query(ref, mods, [1.0])
+
+
+@pytest.mark.parametrize("template", ["{:x>500000000}N", "{:x>40000000000}", "{0}", "a {} and {}", "{name}", "a {{}} {}", "}{", "{"])
+def test_templates_other_than_one_literal_placeholder_are_refused(template):
+    assert template_error(template) is not None
+
+
+@pytest.mark.parametrize("template,filled", [("a photo of a {}.", "a photo of a crow."), ("a photo of", "a photo of crow"), ("{}", "crow")])
+def test_templates_are_filled_by_substitution(template, filled):
+    assert template_error(template) is None
+    assert fill_template(template, "crow") == filled
+    assert fill_template(template, "{0} {:>9}") == filled.replace("crow", "{0} {:>9}")  # braces in a class name stay as they are

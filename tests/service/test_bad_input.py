@@ -117,3 +117,33 @@ def test_full_queue_answers_503_with_retry_after(encoder, redis_url):
         err = _assert_error(r, 503, "overloaded")
         assert r.headers["retry-after"] == "1" and "queue" in err["message"]
         assert client.post("/v1/embeddings", json={"input": ["a", "b"]}).status_code == 200
+
+
+SURROGATE = "\\ud800"  # a JSON escape of a lone UTF-16 surrogate: valid JSON, not valid Unicode
+
+
+@pytest.mark.parametrize("method,path,body,field,index", [
+    ("POST", "/v1/rank", '{"attribute": "%s", "images": ["%s"]}', "attribute", None),
+    ("POST", "/v1/embeddings", '{"input": ["ok", "%s"]}', "input", None),
+    ("POST", "/v1/embeddings", '{"input": "%s"}', "input", None),
+    ("POST", "/v1/compare", '{"difference": "%s", "image_a": "%s", "image_b": "%s"}', "difference", None),
+    ("POST", "/v1/explain", '{"candidates": ["%s"], "image_a": "%s", "image_b": "%s"}', "candidates", 0),
+    ("POST", "/v1/classify", '{"classes": ["\\udc00x"], "images": ["%s"]}', "classes", 0),
+    ("POST", "/v1/classify", '{"classes": ["a", "b"], "templates": ["%s {}"], "images": ["%s"]}', "templates", 0),
+    ("PUT", "/v1/stores/s", '{"classes": ["\\udc00x"]}', "classes", 0),
+    ("PUT", "/v1/stores/s", '{"classes": ["a", "b"], "hints": [{"a": "a", "b": "b", "text": "%s"}]}', "hints.text", 0),
+])
+def test_lone_surrogates_are_refused_with_422(limited, method, path, body, field, index):
+    image = _png(8, 8)
+    fills = body.count("%s")
+    content = body % tuple([SURROGATE] + [image] * (fills - 1)) if fills else body
+    r = limited.request(method, path, content=content.encode(), headers={"content-type": "application/json"})
+    err = _assert_error(r, 422, field=field)
+    if index is not None:
+        assert err.get("index") == index, err
+    assert "surrogate" in err["message"]
+
+
+def test_a_lone_surrogate_in_embed_json_is_invalid_json(limited):
+    r = limited.post("/v1/embed", content=('{"texts": ["%s"]}' % SURROGATE).encode(), headers={"content-type": "application/json"})
+    _assert_error(r, 422, "invalid_json")
