@@ -46,11 +46,20 @@ DOCS_STATIC_PATH = "/docs-static"
 
 # -- ASGI middleware ---------------------------------------------------------------------------
 class BodyLimitMiddleware:
-    """413 for bodies over `max_bytes`: by Content-Length up front, and by counting streamed bodies."""
+    """The request body, bounded, and the request cancelled when its client goes away.
 
-    def __init__(self, app, max_bytes: int):
+    413 for bodies over `max_bytes` (by Content-Length up front, and by counting streamed bodies);
+    408 when the body has not fully arrived `timeout_s` after the request started (slow senders).
+    Once the body is read, the route runs as a task while this waits for the client's disconnect:
+    if the client goes away first, the task is cancelled, so queued work (tower batches not yet
+    started, the next pieces of a class set) is dropped instead of computed for nobody.
+    """
+
+    def __init__(self, app, max_bytes: int, timeout_s: float = 60.0, metrics: ServiceMetrics | None = None):
         self.app = app
         self.max_bytes = int(max_bytes)
+        self.timeout_s = float(timeout_s)
+        self.metrics = metrics
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -65,8 +74,14 @@ class BodyLimitMiddleware:
                 return await error_response(400, "bad_request", "invalid Content-Length header")(scope, receive, send)
         # Read the (possibly chunked) body here, counting, then replay it to the app.
         chunks, total = [], 0
+        deadline = asyncio.get_running_loop().time() + self.timeout_s
         while True:
-            message = await receive()
+            reading = asyncio.ensure_future(receive())
+            done, _ = await asyncio.wait({reading}, timeout=max(0.0, deadline - asyncio.get_running_loop().time()))
+            if not done:
+                reading.cancel()
+                return await error_response(408, "body_timeout", f"the request body did not arrive within {self.timeout_s:g} s")(scope, receive, send)
+            message = reading.result()
             if message["type"] == "http.disconnect":
                 return
             body = message.get("body", b"")
@@ -77,15 +92,35 @@ class BodyLimitMiddleware:
             if not message.get("more_body", False):
                 break
         replayed = False
+        disconnected = asyncio.Event()
 
         async def replay():
             nonlocal replayed
             if not replayed:
                 replayed = True
                 return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
-            return await receive()
+            await disconnected.wait()
+            return {"type": "http.disconnect"}
 
-        return await self.app(scope, replay, send)
+        handling = asyncio.ensure_future(self.app(scope, replay, send))
+        watching = asyncio.ensure_future(receive())  # the next message after the body is the disconnect
+        try:
+            await asyncio.wait({handling, watching}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            handling.cancel()
+            watching.cancel()
+            raise
+        if handling.done():
+            watching.cancel()
+            return handling.result()
+        if watching.result().get("type") == "http.disconnect":
+            disconnected.set()
+            handling.cancel()
+            if self.metrics is not None:
+                self.metrics.cancelled.inc()
+        await asyncio.wait({handling})
+        if not handling.cancelled():
+            return handling.result()
 
 
 class AuthMiddleware:
@@ -117,7 +152,8 @@ class AuthMiddleware:
         key = headers.get(b"x-api-key")
         auth = headers.get(b"authorization", b"")
         if key is None and auth[:7].lower() == b"bearer ":
-            key = auth[7:].strip()
+            key = auth[7:]
+        key = key.strip(b" \t") if key is not None else None  # the same for both headers (as the keys are read)
         if not key:
             response = error_response(401, "missing_api_key", "an API key is required (Authorization: Bearer KEY or X-API-Key)",
                                       headers={"WWW-Authenticate": "Bearer"})
@@ -126,6 +162,33 @@ class AuthMiddleware:
         else:
             return await self.app(scope, receive, send)
         return await response(scope, receive, send)
+
+
+class InternalErrorMiddleware:
+    """An exception a route lets through: logged once, answered with the JSON 500.
+
+    Not re-raised: Starlette's outermost middleware would log it again, and so would the server.
+    """
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = False
+
+        async def send_tracking(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_tracking)
+        except Exception:
+            log.exception("unhandled error on %s %s", scope["method"], scope["path"])
+            if not started:
+                await error_response(500, "internal_error", "internal server error")(scope, receive, send)
 
 
 class MetricsMiddleware:
@@ -146,7 +209,7 @@ class MetricsMiddleware:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        route, started, status = self._route(scope), time.perf_counter(), 500
+        route, started, status = self._route(scope), time.perf_counter(), 499  # 499: the client went away first
 
         async def send_status(message):
             nonlocal status
@@ -156,6 +219,9 @@ class MetricsMiddleware:
 
         try:
             await self.app(scope, receive, send_status)
+        except Exception:
+            status = 500
+            raise
         finally:
             self.metrics.requests.labels(route, scope["method"], str(status)).inc()
             self.metrics.request_latency.labels(route).observe(time.perf_counter() - started)
@@ -216,8 +282,7 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail), headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
-    async def _internal(request, exc: Exception):
-        log.exception("unhandled error on %s", request.url.path)
+    async def _internal(request, exc: Exception):  # errors outside InternalErrorMiddleware; the server logs them
         return error_response(500, "internal_error", "internal server error")
 
 
@@ -276,7 +341,8 @@ def create_app(settings: Settings | None = None, encoder: Encoder | None = None)
     )
     app.state.svc = svc
     install_error_handlers(app)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(InternalErrorMiddleware)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s, metrics=metrics)
     app.add_middleware(AuthMiddleware, keys=settings.api_keys, public_reads=settings.public_reads)
     for router in ROUTERS:
         app.include_router(router)

@@ -44,6 +44,7 @@ class ServiceMetrics:
         self.collection_queries_per_pass = Histogram(
             "pcclip_collection_queries_per_pass", "queries scored together in one pass", buckets=_BATCH_BUCKETS, registry=r
         )
+        self.cancelled = Counter("pcclip_requests_cancelled", "requests cancelled because the client went away", registry=r)
         self.redis_up = Gauge("pcclip_redis_up", "1 when Redis answers, 0 when it does not", registry=r)
         self.model_info = Info("pcclip_model", "the model being served", registry=r)
         self.model_loaded = Gauge("pcclip_model_loaded", "1 once the model is loaded", registry=r)

@@ -50,5 +50,7 @@ def cmd_serve(args) -> int:
         workers=max(1, int(args.workers)),
         log_level=settings.log_level.lower(),
         timeout_graceful_shutdown=10,
+        http="service.http_protocol:GuardedH11Protocol",  # header deadline, JSON 400s
+        limit_concurrency=settings.max_connections,
     )
     return 0

@@ -68,6 +68,9 @@ class Settings(BaseSettings):
     text_cache_size: int = Field(10_000, ge=0, description="text embeddings kept in the LRU cache (0: off)")
     explain_subject: str = Field("bird", description="noun in the built-in /v1/explain vocabulary")
     # server
+    header_timeout_s: float = Field(10.0, gt=0, description="a connection must send a complete request head within this (else closed)")
+    body_timeout_s: float = Field(60.0, gt=0, description="a request body must arrive within this (else 408)")
+    max_connections: int = Field(1000, gt=0, description="open connections + running requests per process (503 past it)")
     host: str = Field("127.0.0.1", description="`pcclip serve` bind address")
     port: int = Field(8000, gt=0, lt=65536, description="`pcclip serve` port")
     log_level: str = Field("info", description="uvicorn and service log level")

@@ -52,3 +52,12 @@ def test_keys_from_environment(monkeypatch):
     assert s.api_keys == ["a", "b", "c"] and s.max_items == 7
     monkeypatch.delenv("PCCLIP_API_KEYS")
     assert Settings().api_keys == [] and Settings().redis_url == "redis://localhost:6379/0"
+
+
+@pytest.mark.parametrize("value", ["k1 ", " k1", "k1\t"])
+def test_whitespace_around_a_key_is_treated_alike_in_both_headers(keyed, value):
+    by_api_key = keyed.post("/v1/embeddings", json={"input": "x"}, headers={"X-API-Key": value})
+    by_bearer = keyed.post("/v1/embeddings", json={"input": "x"}, headers={"Authorization": f"Bearer {value}"})
+    assert by_api_key.status_code == by_bearer.status_code == 200
+    inner = keyed.post("/v1/embeddings", json={"input": "x"}, headers={"X-API-Key": "k 1"})
+    assert inner.status_code == 403
