@@ -98,7 +98,12 @@ def class_embeddings(
     """Template ensemble: w_c = n(mean_t n(f(fill_template(template_t, c)))) -> [C, D]."""
     if not templates:
         raise ValueError("need at least one template")
-    emb = normalize(encode_texts(class_prompts(classnames, templates))).reshape(len(classnames), len(templates), -1)
+    return ensemble_class_embeddings(encode_texts(class_prompts(classnames, templates)), len(classnames))
+
+
+def ensemble_class_embeddings(prompt_embeddings: np.ndarray, n_classes: int) -> np.ndarray:
+    """The template ensemble of already-encoded `class_prompts` [C*T, D] -> [C, D]."""
+    emb = normalize(np.asarray(prompt_embeddings)).reshape(int(n_classes), -1, np.shape(prompt_embeddings)[-1])
     return normalize(emb.mean(axis=1))
 
 

@@ -7,6 +7,9 @@ so a batch holds many short texts or a few long ones; it waits at most `max_wait
 once the first arrives), runs the tower on one thread reserved for
 that tower, and hands each request its rows. The queue is bounded: a request that would push it
 past `queue_limit` items is refused at once with `QueueFull` (the app answers 503 + Retry-After).
+Bulk work (`submit(..., bulk=True)`: the pieces of a class set being built) waits in a second
+queue that is served only when the first is empty, so it never delays an ordinary request by more
+than the one bulk batch already running. A request whose caller was cancelled is skipped.
 """
 
 from __future__ import annotations
@@ -67,6 +70,7 @@ class TowerBatcher:
         self.queue_limit = int(queue_limit)
         self.metrics = metrics
         self._queue: collections.deque[_Pending] = collections.deque()
+        self._bulk: collections.deque[_Pending] = collections.deque()
         self._pending_items = 0
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
@@ -89,16 +93,17 @@ class TowerBatcher:
             self._task.cancel()
             await asyncio.wait({self._task}, timeout=5.0)  # bounded: shutdown never hangs on a tower call
             self._task = None
-        while self._queue:
-            item = self._queue.popleft()
-            if not item.future.done():
-                item.future.set_exception(RuntimeError("service is shutting down"))
+        for queue in (self._queue, self._bulk):
+            while queue:
+                item = queue.popleft()
+                if not item.future.done():
+                    item.future.set_exception(RuntimeError("service is shutting down"))
         self._pending_items = 0
         self._pending_cost = 0
         self._executor.shutdown(wait=False, cancel_futures=True)
 
-    async def submit(self, inputs: np.ndarray) -> np.ndarray:
-        """Queue one request's inputs [n, ...] and wait for its embeddings [n, D]."""
+    async def submit(self, inputs: np.ndarray, bulk: bool = False) -> np.ndarray:
+        """Queue one request's inputs [n, ...] and wait for its embeddings [n, D] (`bulk`: after all others)."""
         n = len(inputs)
         if n == 0:
             raise ValueError("empty batch")
@@ -110,7 +115,7 @@ class TowerBatcher:
             raise QueueFull(self.tower, self._pending_items, self.queue_limit)
         future = asyncio.get_running_loop().create_future()
         cost = int(self.cost(inputs)) if self.cost is not None else 0
-        self._queue.append(_Pending(inputs, future, cost))
+        (self._bulk if bulk else self._queue).append(_Pending(inputs, future, cost))
         self._pending_items += n
         self._pending_cost += cost
         self._set_depth()
@@ -128,17 +133,18 @@ class TowerBatcher:
         return items <= self.max_batch_size and (self.max_batch_cost is None or cost <= self.max_batch_cost)
 
     def _take_batch(self) -> list[_Pending]:
-        """The waiting requests, first come first, while they fit (the first one always does)."""
+        """The waiting requests, ordinary ones first, first come first, while they fit (the first one always does)."""
         batch, size, cost = [], 0, 0
-        while self._queue and (not batch or self._fits(size + len(self._queue[0].inputs), cost + self._queue[0].cost)):
-            item = self._queue.popleft()
-            self._pending_items -= len(item.inputs)
-            self._pending_cost -= item.cost
-            if item.future.cancelled():  # the client went away
-                continue
-            batch.append(item)
-            size += len(item.inputs)
-            cost += item.cost
+        for queue in (self._queue, self._bulk):
+            while queue and (not batch or self._fits(size + len(queue[0].inputs), cost + queue[0].cost)):
+                item = queue.popleft()
+                self._pending_items -= len(item.inputs)
+                self._pending_cost -= item.cost
+                if item.future.cancelled():  # the client went away
+                    continue
+                batch.append(item)
+                size += len(item.inputs)
+                cost += item.cost
         self._set_depth()
         return batch
 
@@ -147,9 +153,9 @@ class TowerBatcher:
         while not self._stopping:
             await self._wakeup.wait()
             self._wakeup.clear()
-            if not self._queue:
+            if not self._queue and not self._bulk:
                 continue
-            deadline = self._queue[0].enqueued + self.max_wait_s
+            deadline = (self._queue or self._bulk)[0].enqueued + self.max_wait_s
             while not self._full(self._pending_items, self._pending_cost) and (wait := deadline - time.perf_counter()) > 0:
                 # asyncio.wait, not wait_for: wait_for can swallow a cancellation before Python 3.12
                 waiter = asyncio.ensure_future(self._wakeup.wait())
@@ -159,7 +165,7 @@ class TowerBatcher:
                     break
                 self._wakeup.clear()
             batch = self._take_batch()
-            if self._queue:
+            if self._queue or self._bulk:
                 self._wakeup.set()  # more waiting: next round starts at once
             if not batch:
                 continue

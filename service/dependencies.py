@@ -6,7 +6,6 @@ uses the helpers below with it; nothing is captured from a closure.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 from dataclasses import dataclass
@@ -17,7 +16,15 @@ from fastapi import Depends, Request
 from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from models.difference import DEFAULT_ALPHA, DEFAULT_TEMPLATES, Hint, class_embeddings, comparative_prompting
+from models.difference import (
+    DEFAULT_ALPHA,
+    DEFAULT_TEMPLATES,
+    Hint,
+    class_prompts,
+    comparative_prompting,
+    ensemble_class_embeddings,
+    template_error,
+)
 from models.encoders import Encoder
 from models.images import ImageDecodeError
 from service import schemas
@@ -25,7 +32,7 @@ from service.errors import ApiError
 from service.inference import InferenceEngine
 from service.metrics import ServiceMetrics
 from service.settings import Settings
-from service.stores import STORE_NAME, ClassStore, StoreRegistry
+from service.stores import ClassStore, StoreRegistry, valid_store_name
 
 if TYPE_CHECKING:
     from service.collections import CollectionRegistry
@@ -109,7 +116,7 @@ def check_texts(svc: ServiceState, texts: list[str], field_name: str, indexed: b
 
 def check_store_name(name: str, field: str) -> None:
     """422 `invalid_store_name` unless `name` is a valid store name."""
-    if not STORE_NAME.match(name):
+    if not valid_store_name(name):
         raise ApiError(422, "invalid_store_name", "store names are 1-128 characters of letters, digits, '_', '.', '-'", field)
 
 
@@ -211,10 +218,8 @@ async def build_classes(
     check_count(templates, "templates", settings.max_templates)
     check_texts(svc, templates, "templates")
     for i, t in enumerate(templates):
-        try:
-            t.format("x")
-        except (IndexError, KeyError, ValueError):
-            raise ApiError(422, "invalid_template", "a template may contain one '{}' where the class name goes (and no other braces)", "templates", i) from None
+        if (problem := template_error(t)) is not None:
+            raise ApiError(422, "invalid_template", problem, "templates", i)
     hint_objs = [Hint(h.a, h.b, h.text) for h in hints or []]
     check_count(hint_objs, "hints", settings.max_classes)
     known = set(classes)
@@ -226,23 +231,18 @@ async def build_classes(
             raise ApiError(422, "empty_text", "hint text is empty or only whitespace", "hints", i)
         if len(h.text) > settings.max_text_chars:
             raise ApiError(422, "text_too_long", f"hint text is longer than {settings.max_text_chars} characters", "hints", i)
+    work = len(classes) * len(templates) + len(hint_objs)
+    if work > settings.max_texts_per_request:
+        raise ApiError(422, "too_much_work",
+                       f"{len(classes)} classes x {len(templates)} templates + {len(hint_objs)} hints = {work} texts to encode, "
+                       f"more than the limit of {settings.max_texts_per_request} per request (PCCLIP_MAX_TEXTS_PER_REQUEST)", "classes")
     alpha = DEFAULT_ALPHA if alpha is None else float(alpha)
-    loop = asyncio.get_running_loop()
-
-    def encode_via_engine(texts: list[str]) -> np.ndarray:  # runs in a worker thread
-        # in pieces of one batch: a class set larger than the queue limit must not be refused as "overloaded"
-        step = settings.max_batch_size
-        parts = [asyncio.run_coroutine_threadsafe(svc.engine.embed_texts(list(texts[i : i + step])), loop).result()
-                 for i in range(0, len(texts), step)]
-        return np.concatenate(parts) if parts else np.zeros((0, svc.encoder.dim), dtype=np.float32)
-
-    def compute() -> np.ndarray:
-        w = class_embeddings(classes, encode_via_engine, templates)
-        if hint_objs:
-            w = comparative_prompting(classes, w, hint_objs, encode_via_engine([h.text for h in hint_objs]), alpha=alpha)
-        return w
-
-    return await asyncio.to_thread(compute), templates, hint_objs, alpha
+    # encoded in small pieces queued behind other requests, and abandoned with the request (see embed_texts)
+    embs = await svc.engine.embed_texts(class_prompts(classes, templates) + [h.text for h in hint_objs], bulk=True)
+    w = ensemble_class_embeddings(embs[: len(classes) * len(templates)], len(classes))
+    if hint_objs:
+        w = comparative_prompting(classes, w, hint_objs, embs[len(classes) * len(templates):], alpha=alpha)
+    return w, templates, hint_objs, alpha
 
 
 async def get_store(svc: ServiceState, name: str) -> ClassStore:

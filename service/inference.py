@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+from PIL import Image
 
 from models.encoders import Encoder
 from models.images import ImageDecodeError, ImageLimits, decode_image
@@ -15,6 +17,23 @@ from service.batcher import QueueFull, TowerBatcher
 from service.metrics import ServiceMetrics
 from service.settings import Settings
 from service.text_cache import TextEmbeddingCache
+
+
+def check_pixel_budget(images: list[bytes], max_pixels: int) -> None:
+    """Raise `ImageDecodeError("too_many_pixels")` when the images' sizes (read from their headers,
+    nothing decoded) add up to more than `max_pixels`; unreadable headers are left to the decoder."""
+    total = 0
+    for i, data in enumerate(images):
+        try:
+            with Image.open(io.BytesIO(data)) as img:
+                width, height = img.size
+        except Exception:  # not an image: decode_image says so, naming the item
+            continue
+        total += width * height
+        if total > max_pixels:
+            raise ImageDecodeError(
+                f"the images of this request have more than {max_pixels} pixels in all (image {i} passes it); "
+                "the limit is PCCLIP_MAX_REQUEST_PIXELS: send fewer or smaller images", "too_many_pixels", i)
 
 
 class InferenceEngine:
@@ -44,6 +63,8 @@ class InferenceEngine:
         # admission is refused at once past queue_limit, before any decoding work is queued
         self.queue_limit = int(settings.queue_limit)
         self.in_flight = {"text": 0, "image": 0}
+        self.bulk_batch_size = int(settings.bulk_batch_size)
+        self.max_request_pixels = int(settings.max_request_pixels)
 
     def start(self) -> None:
         self.text_batcher.start()
@@ -72,30 +93,40 @@ class InferenceEngine:
     def _release(self, tower: str, n: int) -> None:
         self.in_flight[tower] -= n
 
-    async def embed_texts(self, texts: list[str]) -> np.ndarray:
-        """Texts -> normalised [N, D]; cached texts are not re-encoded, duplicates encoded once."""
+    async def embed_texts(self, texts: list[str], bulk: bool = False) -> np.ndarray:
+        """Texts -> normalised [N, D]; cached texts are not re-encoded, duplicates encoded once.
+
+        `bulk`: many texts for one request (a class set): encoded `bulk_batch_size` at a time, each
+        piece queued behind ordinary requests, so building a large class set holds the tower for at
+        most one small batch at a time, and stops at the next piece when the request is cancelled.
+        """
         if not texts:
             return np.zeros((0, self.encoder.dim), dtype=np.float32)
         found, missing = self.text_cache.lookup(texts)
-        if missing:
-            self._admit("text", len(missing))
+        step = self.bulk_batch_size if bulk else max(1, len(missing))
+        for start in range(0, len(missing), step):
+            piece = missing[start : start + step]
+            self._admit("text", len(piece))
             try:
-                ids = await self._in_pool("text", self.encoder.tokenize, missing)
-                embs = await self.text_batcher.submit(ids)
+                ids = await self._in_pool("text", self.encoder.tokenize, piece)
+                embs = await self.text_batcher.submit(ids, bulk=bulk)
             finally:
-                self._release("text", len(missing))
-            self.text_cache.put(missing, embs)
-            found.update(zip(missing, embs))
+                self._release("text", len(piece))
+            self.text_cache.put(piece, embs)
+            found.update(zip(piece, embs))
         return np.stack([found[t] for t in texts]).astype(np.float32)
 
     def _decode_and_preprocess(self, images: list[bytes]) -> np.ndarray:
-        decoded = []
-        for i, data in enumerate(images):
+        check_pixel_budget(images, self.max_request_pixels)
+        pixels = []
+        for i, data in enumerate(images):  # one at a time: at most one full-size decoded image in memory
             try:
-                decoded.append(decode_image(data, self.image_limits, min_side=self.draft_min_side))
+                decoded = decode_image(data, self.image_limits, min_side=self.draft_min_side)
             except ImageDecodeError as err:
                 raise err.with_index(i) from err
-        return self.encoder.preprocess(decoded)
+            pixels.append(self.encoder.preprocess([decoded]))
+            del decoded
+        return np.concatenate(pixels)
 
     async def embed_images(self, images: list[bytes]) -> np.ndarray:
         """Encoded image files -> normalised [N, D]; raises `ImageDecodeError` naming the item."""

@@ -52,11 +52,14 @@ class Settings(BaseSettings):
     collection_log_length: int = Field(10_000, gt=0, description="collection change-log entries kept in Redis (replicas further behind reload)")
     max_metadata_bytes: int = Field(4096, gt=0, description="JSON metadata per collection item")
     max_modifiers: int = Field(16, gt=0, description="modifiers per collection search")
+    max_texts_per_request: int = Field(4096, gt=0, description="texts one request may encode: classes x templates + hints (422 past it)")
+    max_request_pixels: int = Field(400_000_000, gt=0, description="image pixels one request may decode, summed over its images (422 past it)")
     # batching
     max_batch_size: int = Field(32, gt=0, description="images per tower call; texts per ONNX Runtime run")
     max_batch_tokens: int = Field(
         4096, gt=0, description="text tokens per tower call (bundles with a dynamic sequence axis), as TEI's max-batch-tokens"
     )
+    bulk_batch_size: int = Field(8, gt=0, description="texts per tower call when building a class set (queued behind other requests)")
     max_wait_ms: float = Field(5.0, ge=0, description="how long a batch waits for more requests")
     queue_limit: int = Field(512, gt=0, description="items waiting per tower before 503 + Retry-After")
     preprocess_threads: int = Field(2, gt=0, description="threads decoding images and tokenizing")

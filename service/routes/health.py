@@ -10,7 +10,7 @@ from service.dependencies import Service
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz")
+@router.api_route("/healthz", methods=["GET", "HEAD"])
 async def healthz():
     """The process is alive."""
     return {"status": "ok"}
@@ -18,7 +18,10 @@ async def healthz():
 
 @router.get("/readyz")
 async def readyz(svc: Service):
-    """Model loaded (200) or not (503); Redis reachable or not; execution provider."""
+    """Model loaded (200) or not (503); Redis reachable or not; execution provider.
+
+    Public (no key), so it shows state only: no Redis address, no error text (those go to the log).
+    """
     enc = svc.encoder
     if enc is None or svc.loaded_at is None:
         return JSONResponse({"status": "loading", "model": None, "redis": None}, status_code=503)
@@ -31,7 +34,7 @@ async def readyz(svc: Service):
         "provider": enc.provider,
         "dim": enc.dim,
         "info": enc.info(),
-        "redis": {"up": stores.up, "url": stores._safe_url(), "error": stores.last_error, "cached_stores": len(stores.cache)},
+        "redis": {"up": stores.up, "cached_stores": len(stores.cache)},
         "queues": {"text": svc.engine.text_batcher.pending_items, "image": svc.engine.image_batcher.pending_items},
         "text_cache": len(svc.engine.text_cache),
         "collections": {"cached": len(svc.collections.cache), "items": sum(len(c.index) for c in svc.collections.cache.values()),

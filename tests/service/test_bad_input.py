@@ -147,3 +147,51 @@ def test_lone_surrogates_are_refused_with_422(limited, method, path, body, field
 def test_a_lone_surrogate_in_embed_json_is_invalid_json(limited):
     r = limited.post("/v1/embed", content=('{"texts": ["%s"]}' % SURROGATE).encode(), headers={"content-type": "application/json"})
     _assert_error(r, 422, "invalid_json")
+
+
+@pytest.mark.parametrize("template", ["{:x>500000000}N", "{:x>40000000000}", "{0}", "a {} and {}", "{name} {}"])
+def test_format_string_templates_are_refused_not_evaluated(limited, template):
+    for method, path in (("POST", "/v1/classify"), ("PUT", "/v1/stores/t")):
+        body = {"classes": ["crow", "gull"], "templates": ["a photo of a {}.", template]}
+        if method == "POST":
+            body["images"] = [_png(8, 8)]
+        _assert_error(limited.request(method, path, json=body), 422, "invalid_template", "templates", 1)
+
+
+def test_a_template_placeholder_gets_the_class_name(limited):
+    put = limited.put("/v1/stores/tmpl", json={"classes": ["crow", "gull"], "templates": ["{} at sea", "a photo"]})
+    assert put.status_code == 200 and put.json()["templates"] == ["{} at sea", "a photo"]
+
+
+def test_work_per_request_is_budgeted_up_front(encoder, redis_server):
+    redis_server.command("FLUSHALL")
+    with service_client(encoder, redis_server.url, max_texts_per_request=10, max_request_pixels=2 * 64 * 64) as client:
+        text_calls = encoder.calls["text"]
+        for method, path, extra in (("POST", "/v1/classify", {"images": [_png(8, 8)]}), ("PUT", "/v1/stores/big", {})):
+            r = client.request(method, path, json={"classes": ["a", "b", "c", "d"], "templates": ["x {}", "y {}", "z {}"], **extra})
+            err = _assert_error(r, 422, "too_much_work", "classes")
+            assert "12 texts" in err["message"] and "PCCLIP_MAX_TEXTS_PER_REQUEST" in err["message"]
+        assert encoder.calls["text"] == text_calls  # refused before encoding anything
+        hinted = {"classes": ["a", "b", "c"], "templates": ["x {}", "y {}", "z {}"], "hints": [{"a": "a", "b": "b", "text": "t"}, {"a": "b", "b": "c", "text": "u"}]}
+        _assert_error(client.put("/v1/stores/big", json=hinted), 422, "too_much_work")
+        assert client.put("/v1/stores/ok", json={"classes": ["a", "b", "c"], "templates": ["x {}", "y {}", "z {}"]}).status_code == 200
+        # pixels: two 64x64 images fit, three do not (counted from the headers, before decoding)
+        image_calls = encoder.calls["image"]
+        err = _assert_error(client.post("/v1/embed", json={"images": [_png(64, 64)] * 3}), 422, "too_many_pixels", "images", 2)
+        assert "PCCLIP_MAX_REQUEST_PIXELS" in err["message"]
+        assert encoder.calls["image"] == image_calls
+        assert client.post("/v1/embed", json={"images": [_png(64, 64)] * 2}).status_code == 200
+
+
+def test_healthz_answers_head(limited):
+    r = limited.head("/healthz")
+    assert r.status_code == 200
+
+
+def test_readyz_shows_state_not_addresses(encoder, tmp_path):
+    port = __import__("tests.service.conftest", fromlist=["free_port"]).free_port()
+    with service_client(encoder, f"redis://:hunter2@127.0.0.1:{port}/0") as client:  # nothing listens there
+        ready = client.get("/readyz")
+        assert ready.json()["redis"] == {"up": False, "cached_stores": 0}
+        for secret in ("hunter2", str(port), "127.0.0.1", "redis://", "Error"):
+            assert secret not in ready.text
