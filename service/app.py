@@ -21,6 +21,7 @@ from fastapi_offline import FastAPIOffline
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
+from python_multipart.multipart import parse_options_header
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
@@ -91,6 +92,9 @@ class BodyLimitMiddleware:
             chunks.append(body)
             if not message.get("more_body", False):
                 break
+        content_type = dict(scope.get("headers") or []).get(b"content-type")
+        if content_type is not None and (problem := multipart_problem(content_type, chunks)) is not None:
+            return await error_response(400, "invalid_multipart", problem)(scope, receive, send)
         replayed = False
         disconnected = asyncio.Event()
 
@@ -121,6 +125,27 @@ class BodyLimitMiddleware:
         await asyncio.wait({handling})
         if not handling.cancelled():
             return handling.result()
+
+
+def multipart_problem(content_type: bytes, chunks: list[bytes]) -> str | None:
+    """Why a multipart/form-data body (media type matched in any case) is incomplete, or None.
+
+    The parser returns the parts it found in a truncated or empty body without complaint, so a cut
+    upload would look like a smaller request; it must end with the closing boundary.
+    """
+    media_type, params = parse_options_header(content_type)
+    if media_type.lower() != b"multipart/form-data":
+        return None
+    boundary = params.get(b"boundary")
+    if not boundary:
+        return "multipart/form-data needs a boundary parameter in Content-Type"
+    if not any(chunks):
+        return "the multipart body is empty"
+    need = len(boundary) + 64  # the closing delimiter, then at most a short epilogue
+    tail = b"".join(c[-need:] for c in chunks[-need:])[-need:]
+    if b"--" + boundary + b"--" not in tail:
+        return "the multipart body has no closing boundary (truncated upload?)"
+    return None
 
 
 class AuthMiddleware:

@@ -195,3 +195,28 @@ def test_readyz_shows_state_not_addresses(encoder, tmp_path):
         assert ready.json()["redis"] == {"up": False, "cached_stores": 0}
         for secret in ("hunter2", str(port), "127.0.0.1", "redis://", "Error"):
             assert secret not in ready.text
+
+
+def _multipart(photo: bytes, boundary: str = "XyZ") -> bytes:
+    return (f"--{boundary}\r\nContent-Disposition: form-data; name=\"images\"; filename=\"a.png\"\r\n"
+            f"Content-Type: image/png\r\n\r\n").encode() + photo + f"\r\n--{boundary}--\r\n".encode()
+
+
+@pytest.mark.parametrize("body,content_type", [
+    (lambda p: _multipart(p)[:-12], "multipart/form-data; boundary=XyZ"),  # no closing boundary
+    (lambda p: _multipart(p)[: len(p) // 2], "multipart/form-data; boundary=XyZ"),  # cut in the middle of a file
+    (lambda p: b"", "multipart/form-data; boundary=XyZ"),  # empty
+    (lambda p: _multipart(p), "multipart/form-data"),  # no boundary parameter
+    (lambda p: _multipart(p)[:-12], "Multipart/Form-Data; boundary=XyZ"),  # other case, truncated
+])
+def test_truncated_or_empty_multipart_is_a_400(limited, body, content_type):
+    photo = base64.b64decode(_png(16, 16))
+    r = limited.post("/v1/embed", content=body(photo), headers={"content-type": content_type})
+    _assert_error(r, 400, "invalid_multipart")
+
+
+def test_multipart_content_type_in_any_case(limited):
+    photo = base64.b64decode(_png(16, 16))
+    r = limited.post("/v1/embed", content=_multipart(photo), headers={"content-type": "Multipart/Form-Data; boundary=XyZ"})
+    assert r.status_code == 200, r.text
+    assert len(r.json()["image_embeddings"]) == 1
