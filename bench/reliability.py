@@ -55,16 +55,21 @@ def summary(lat: np.ndarray) -> dict:
     return {"n": len(lat), "p50_ms": round(1000 * float(p50), 1), "p99_ms": round(1000 * float(p99), 1)}
 
 
-def worst_image_request() -> list[bytes]:
-    """JPEGs at the per-image pixel limit, as many as the per-request pixel budget allows."""
+def plain_jpeg(side: int) -> bytes:
+    """A plain side x side JPEG: a few hundred kB that decode to side^2 x 3 bytes."""
     from PIL import Image
 
-    side = int(MAX_IMAGE_PIXELS**0.5)
-    y, x = np.mgrid[0:side, 0:side]
-    rgb = np.stack([(x * 255 // side), (y * 255 // side), ((x + y) % 256)], axis=-1).astype(np.uint8)
+    img = Image.new("RGB", (side, side), (120, 160, 200))
+    img.paste((200, 40, 40), (side // 4, side // 4, side // 2, side // 2))
     buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, format="JPEG", quality=85)
-    return [buf.getvalue()] * (MAX_REQUEST_PIXELS // (side * side))
+    img.save(buf, format="JPEG", quality=85)
+    return buf.getvalue()
+
+
+def worst_image_request() -> list[bytes]:
+    """JPEGs at the per-image pixel limit, as many as the per-request pixel budget allows."""
+    side = int(MAX_IMAGE_PIXELS**0.5)
+    return [plain_jpeg(side)] * (MAX_REQUEST_PIXELS // (side * side))
 
 
 def main(argv=None) -> int:
