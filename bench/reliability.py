@@ -72,6 +72,28 @@ def worst_image_request() -> list[bytes]:
     return [plain_jpeg(side)] * (MAX_REQUEST_PIXELS // (side * side))
 
 
+def post_images_sampling_rss(server, images: list[bytes], interval_s: float = 0.02):
+    """POST /v1/embed with `images` as multipart files; (response, the server's peak RSS in MB meanwhile)."""
+    import httpx
+
+    peak, done = [server.rss_bytes()], threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak.append(server.rss_bytes())
+            time.sleep(interval_s)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        files = [("images", (f"{i}.jpg", data, "image/jpeg")) for i, data in enumerate(images)]
+        r = httpx.post(f"{server.base_url}/v1/embed", files=files, timeout=600)
+    finally:
+        done.set()
+        sampler.join()
+    return r, max(peak) / 2**20
+
+
 def main(argv=None) -> int:
     import httpx
 
@@ -125,28 +147,16 @@ def main(argv=None) -> int:
 
                 # memory: the worst image request the limits allow
                 images = worst_image_request()
-                before = server.rss_bytes()
-                peak, done = [before], threading.Event()
-
-                def sample():
-                    while not done.is_set():
-                        peak.append(server.rss_bytes())
-                        time.sleep(0.02)
-
-                sampler = threading.Thread(target=sample)
-                sampler.start()
-                files = [("images", (f"{i}.jpg", data, "image/jpeg")) for i, data in enumerate(images)]
+                before = server.rss_bytes() / 2**20
                 t0 = time.perf_counter()
-                r = http.post("/v1/embed", files=files, timeout=600)
+                r, peak = post_images_sampling_rss(server, images)
                 worst_s = time.perf_counter() - t0
                 statuses[f"worst image request {r.status_code}"] = 1
                 time.sleep(3.0)
-                done.set()
-                sampler.join()
-                after = server.rss_bytes()
+                after = server.rss_bytes() / 2**20
                 out["memory"] = {"images": len(images), "pixels_each": MAX_IMAGE_PIXELS, "jpeg_bytes_each": len(images[0]),
-                                 "status": r.status_code, "seconds": round(worst_s, 1), "rss_before_mb": round(before / 2**20),
-                                 "rss_peak_mb": round(max(peak) / 2**20), "rss_after_3s_mb": round(after / 2**20)}
+                                 "status": r.status_code, "seconds": round(worst_s, 1), "rss_before_mb": round(before),
+                                 "rss_peak_mb": round(peak), "rss_after_3s_mb": round(after)}
                 print(f"memory:    {out['memory']}", flush=True)
         finally:
             redis.stop()

@@ -8,35 +8,15 @@ default's 10 in a fifth of the time; bench/reliability.py measures the default.
 
 from __future__ import annotations
 
-import threading
 import time
 
 import httpx
 import pytest
 
-from bench.reliability import plain_jpeg
+from bench.reliability import plain_jpeg, post_images_sampling_rss
 
 PEAK_LIMIT_MB = 2048  # the documented bound for the worst request the limits allow
 MAX_IMAGE_PIXELS = 40_000_000
-
-
-def _post_sampling_rss(server, files) -> tuple[httpx.Response, float]:
-    """POST /v1/embed with `files`; (response, peak RSS in MB sampled every 20 ms meanwhile)."""
-    peak, done = [server.rss_bytes()], threading.Event()
-
-    def sample():
-        while not done.is_set():
-            peak.append(server.rss_bytes())
-            time.sleep(0.02)
-
-    sampler = threading.Thread(target=sample)
-    sampler.start()
-    try:
-        r = httpx.post(f"{server.base_url}/v1/embed", files=files, timeout=600)
-    finally:
-        done.set()
-        sampler.join()
-    return r, max(peak) / 2**20
 
 
 @pytest.mark.slow
@@ -47,14 +27,14 @@ def test_huge_requests_are_refused_and_the_worst_allowed_one_stays_bounded(serve
 
     # the issue's request: 64 JPEGs of 6000 x 6000 (2.3 billion pixels): refused from the headers
     huge = plain_jpeg(6000)
-    r, peak = _post_sampling_rss(server, [("images", (f"{i}.jpg", huge, "image/jpeg")) for i in range(64)])
+    r, peak = post_images_sampling_rss(server, [huge] * 64)
     assert r.status_code == 422 and r.json()["error"]["code"] == "too_many_pixels", r.text
     assert peak - before < 300, f"RSS rose {peak - before:.0f} MB for a refused request"
 
     # the worst request these limits allow: the pixel budget's worth of images at the per-image limit
     side = int(MAX_IMAGE_PIXELS**0.5)
     worst = plain_jpeg(side)
-    r, peak = _post_sampling_rss(server, [("images", (f"{i}.jpg", worst, "image/jpeg")) for i in range(2)])
+    r, peak = post_images_sampling_rss(server, [worst] * 2)
     assert r.status_code == 200, r.text
     assert peak < PEAK_LIMIT_MB, f"peak RSS {peak:.0f} MB"
     time.sleep(2.0)
