@@ -111,7 +111,9 @@ def test_a_slow_body_gets_408(guarded):
 
 
 @pytest.mark.slow
-def test_requests_past_the_connection_cap_get_503(guarded):
+def test_requests_past_the_connection_cap_get_503(serve):
+    # a long header deadline here: the held connections must stay open however slowly they open
+    guarded = serve(PCCLIP_HEADER_TIMEOUT_S="120", PCCLIP_MAX_CONNECTIONS=str(MAX_CONNECTIONS))
     held = [_connect(guarded) for _ in range(MAX_CONNECTIONS)]
     time.sleep(0.2)
     refused = httpx.get(f"{guarded.base_url}/healthz")
