@@ -194,6 +194,10 @@ class StoreRegistry:
         self.last_error = f"{type(err).__name__}: {err}"
         self.metrics.redis_up.set(0)
 
+    def _safe_url(self) -> str:
+        """The Redis URL without its password (for logs and the CLI; /readyz shows no address)."""
+        return re.sub(r"//[^@/]*@", "//***@", self.redis_url)
+
     def _unavailable(self, what: str) -> StoreUnavailable:
         return StoreUnavailable(f"class store {what} is unavailable: Redis is not reachable; retry shortly")
 

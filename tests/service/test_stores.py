@@ -125,10 +125,10 @@ def test_listing_and_lookup_agree_after_redis_comes_back_empty(encoder, tmp_path
         with service_client(encoder, server.url) as client:
             assert client.put("/v1/stores/birds", json=STORE).status_code == 200
             server.stop()
-            assert _wait_for(lambda: client.get("/readyz").json()["redis"]["up"] is False)
+            assert wait_for(lambda: client.get("/readyz").json()["redis"]["up"] is False)
             fresh = RedisServer(tmp_path / "b", port=server.port).start()  # same address, no data
             try:
-                assert _wait_for(lambda: client.get("/readyz").json()["redis"]["up"] is True)
+                assert wait_for(lambda: client.get("/readyz").json()["redis"]["up"] is True)
                 assert client.get("/v1/stores").json()["stores"] == []
                 assert client.get("/v1/stores/birds").status_code == 404
                 r = client.post("/v1/classify", json={"images": photo_b64[:1], "store": "birds"})
