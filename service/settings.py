@@ -69,7 +69,7 @@ class Settings(BaseSettings):
     )
     # caches
     text_cache_size: int = Field(10_000, ge=0, description="text embeddings kept in the LRU cache (0: off)")
-    explain_subject: str = Field("bird", description="noun in the built-in /v1/explain vocabulary")
+    explain_subject: str = Field("", description="default noun of the built-in /v1/explain sentences (empty: subject-neutral)")
     # server
     header_timeout_s: float = Field(10.0, gt=0, description="a connection must send a complete request head within this (else closed)")
     body_timeout_s: float = Field(60.0, gt=0, description="a request body must arrive within this (else 408)")

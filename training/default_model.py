@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 from training import losses
 from training.attribute_probe import AttributeProbe, fact_key
+from training.everyday import EVERYDAY_TEMPLATES
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,12 @@ class ReproduceConfig:
     base_batch: int = 64
     coco_batch: int = 32
     coco_weight: float = 0.5
+    imagenet_batch: int = 64  # seen ImageNet classes per CLIP-loss batch (their sample photo + a caption)
+    imagenet_weight: float = 1.0
+    distill_batch: int = 64  # photos per distillation batch
+    distill_weight: float = 1.0  # KL from the tower's ImageNet classifier to zero-shot over the seen classes' names
+    distill_classes: int = 200  # seen classes per distillation step
+    concept_scale: float = 3.0  # initial norm of the concept embeddings (the MLP head's output starts near 1.3)
     # PC-CLIP
     text_layers: int = 1
     n_pairs: int = 30000
@@ -71,6 +78,8 @@ class ReproduceConfig:
     short_fraction: float = 0.3  # share of training pairs phrased as a short comparative ("a larger bird")
     probe_weight: float = 10.0  # weight of the attribute-direction loss (see `AttributeProbe`; 0: the paper's loss alone)
     probe_ridge: float = 1.0  # ridge penalty of the attribute probe
+    awa2_pairs: int = 6000  # AwA2 attribute-difference pairs of photos of the seen animals
+    coco_pairs: int = 3000  # caption-difference pairs of COCO train2017 photos
     ablation: bool = True  # also train with the paper's loss alone (probe_weight 0) and report it
     alphas: tuple = (0.0, 0.25, 0.5, 0.75, 1.0)
     max_zero_shot_drop: float = 0.01
@@ -79,7 +88,7 @@ class ReproduceConfig:
     pairs_per_seed: int = 500
     max_photos_per_class: int | None = None
     max_classes: int | None = None
-    write_outputs: bool = True  # weights into models/weights, plots into docs, README table
+    install: bool = False  # also replace the shipped weights (models/weights), docs/results and the README table
 
 
 # -- captions ---------------------------------------------------------------------------------------
@@ -132,6 +141,38 @@ def class_captions(table, class_name: str, rng: random.Random, n: int = 8) -> li
             out.append(f"a {name}: a {size}, mostly {colour} bird with {attrs}.")
         else:
             out.append(f"a photo of a {name} with {attrs}.")
+    return out
+
+
+# COCO category -> AwA2 animal (COCO train2017 photos of one such animal join the AwA2 pairs)
+COCO_ANIMALS = {"elephant": "elephant", "zebra": "zebra", "giraffe": "giraffe", "horse": "horse", "sheep": "sheep",
+                "cow": "cow", "bear": "", "cat": "", "dog": "", "bird": ""}
+
+
+def imagenet_captions(c) -> list[str]:
+    """Training captions of one ImageNet class: templates with its name and lemmas, its parent
+    concept, and its WordNet gloss."""
+    names = [c.label] + [x for x in c.lemmas if x.lower() != c.label.lower()][:2]
+    out = [t.format(n) for n in names for t in EVERYDAY_TEMPLATES[:4]]
+    out.append(f"a photo of a {c.label}, a kind of {c.parent}.")
+    out.append(gloss_caption(c))
+    return out
+
+
+def gloss_caption(c) -> str:
+    """An ImageNet class's name with its WordNet definition: "a tench: freshwater dace-like game fish ..."."""
+    return f"a {c.label}: {c.gloss}."
+
+
+def coco_difference_pairs(coco: list, n: int, rng: random.Random) -> list[dict]:
+    """n pairs of two different COCO photos with a caption-difference text (`training.pairs.captions`)."""
+    from training.pairs.captions import CAPTION_TEMPLATES as DIFF_TEMPLATES, caption_difference
+
+    out = []
+    for _ in range(n):
+        a, b = rng.sample(coco, 2)
+        text = caption_difference(rng.choice(a.captions), rng.choice(b.captions), rng.randrange(len(DIFF_TEMPLATES)))
+        out.append({"image_a": a.path, "image_b": b.path, "text": text, "group": "caption", "source": "coco"})
     return out
 
 
@@ -268,9 +309,39 @@ class Pipeline:
             val = [p for p in ims if int(hashlib.sha256(p.encode()).hexdigest(), 16) % 1000 < cfg.val_fraction * 1000]
             self.val_imgs[c] = val or ims[:1]
             self.train_imgs[c] = [p for p in ims if p not in set(self.val_imgs[c])] or ims
-        self.coco = load_coco_captions(self.root, "train") + load_coco_captions(self.root, "test")
+        self.coco = load_coco_captions(self.root, "train")  # val2017 is evaluation only
+        self.everyday_init()
         k = cfg.max_photos_per_class
         self.test_photos = {c: [im.path for im in self.cub.images_of(c, "test")][:k] for c in self.cub.classes}
+
+    def everyday_init(self) -> None:
+        """ImageNet classes (seen / held out), the concept head's classes, AwA2 animals and their photos."""
+        from training.data import AttributeTable
+        from training.everyday import (ImageNetClasses, coco_category_photos, load_awa2_heldout, load_awa2_imagenet,
+                                       load_imagenet_heldout)
+        from training.evaluate_everyday import build_everyday_setup
+        from training.pairs.attributes import AttributeWriter
+
+        self.imagenet = ImageNetClasses(self.root)
+        held = set(load_imagenet_heldout())
+        self.seen_imagenet = [i for i in range(len(self.imagenet)) if i not in held]
+        concepts = self.model.visual.concepts
+        if concepts is None or len(concepts.index) != len(self.seen_imagenet):
+            raise ValueError(f"the model config's concept head must have {len(self.seen_imagenet)} classes")
+        concepts.index.copy_(torch.tensor(self.seen_imagenet))
+        self.awa2 = AttributeTable.from_awa2(self.root)
+        self.awa2_writer = AttributeWriter(self.awa2, noun="animal", seed=self.cfg.seed)
+        awa2_held = set(load_awa2_heldout())
+        self.animal_imgs = {a: [self.imagenet[i].image for i in idx]
+                            for a, idx in load_awa2_imagenet().items() if a not in awa2_held}
+        # COCO train2017 photos also get a caption per annotated category ("a photo of a dog.")
+        self.coco_category_captions = {path: [EVERYDAY_TEMPLATES[0].format(c) for c in cats]
+                                       for path, cats in coco_category_photos(self.root, "train")}
+        for path, cats in coco_category_photos(self.root, "train"):  # COCO photos of exactly one AwA2 animal
+            animals = [c for c in cats if c in COCO_ANIMALS]
+            if len(animals) == 1 and COCO_ANIMALS[animals[0]] in self.awa2.classes and COCO_ANIMALS[animals[0]] not in awa2_held:
+                self.animal_imgs.setdefault(COCO_ANIMALS[animals[0]], []).append(path)
+        self.everyday = build_everyday_setup(self.root)
 
     def log(self, msg: str) -> None:
         tqdm.write(f"[{time.time() - self.t0:6.0f}s] {msg}")
@@ -282,9 +353,12 @@ class Pipeline:
         # every photo but the reserved classes' training photos (no step reads those)
         test = {p for ps in self.test_photos.values() for p in ps}
         paths = sorted({im.path for im in self.cub.images if im.is_train and im.class_name not in self.reserved}
-                       | test | {c.path for c in self.coco})
+                       | test | {c.path for c in self.coco} | {c.image for c in self.imagenet.classes}
+                       | set(self.everyday.paths()) | {p for v in self.animal_imgs.values() for p in v})
         key = image_cache_key(self.model, self.loaded.preprocess_cfg, "trunk")
-        feats = ImageFeatureCache(default_cache_dir(), key).get(paths, root=self.root, compute=self.model.visual.features,
+        cache = ImageFeatureCache(default_cache_dir(), key)
+        self.feature_cache = "warm" if cache.cached(paths) else "cold"
+        feats = cache.get(paths, root=self.root, compute=self.model.visual.features,
                                                                preprocess_cfg=self.loaded.preprocess_cfg)
         self.paths = paths
         self.pindex = {p: i for i, p in enumerate(paths)}
@@ -301,6 +375,15 @@ class Pipeline:
         self.captions = {c: class_captions(self.table, c, rng) for c in self.train_imgs}
         self.pairs = make_pairs(self.train_imgs, self.writer, cfg.n_pairs, rng, top_k=cfg.pair_top_k,
                                 short_fraction=cfg.short_fraction)
+        for p in self.pairs:
+            p["source"] = "cub"
+        self.pairs += [dict(p, source="awa2") for p in make_pairs(self.animal_imgs, self.awa2_writer, cfg.awa2_pairs, rng,
+                                                                   top_k=None, short_fraction=cfg.short_fraction)]
+        self.pairs += coco_difference_pairs(self.coco, cfg.coco_pairs, rng)
+        self.imagenet_captions = {i: imagenet_captions(self.imagenet[i]) for i in self.seen_imagenet}
+        self.imagenet_prompts = {i: [t.format(self.imagenet[i].label) for t in EVERYDAY_TEMPLATES] for i in self.seen_imagenet}
+        self.distill_photos = ([self.imagenet[i].image for i in self.seen_imagenet]
+                               + [p for v in self.train_imgs.values() for p in v] + [c.path for c in self.coco])
         self.val_pairs = make_pairs(self.val_imgs, self.writer, 1000, random.Random(cfg.seed + 7))
         prompts = [t.format(class_caption_name(c)) for c in self.cub.classes for t in CAPTION_TEMPLATES]
         reserved_test = {c: v for c, v in self.test_photos.items() if c in self.reserved}
@@ -313,7 +396,11 @@ class Pipeline:
         all_texts = ([t for v in self.captions.values() for t in v] + [p["text"] for p in self.pairs]
                      + [p["text"] for p in self.val_pairs] + prompts + [c for im in self.coco for c in im.captions]
                      + [p["text"] for v in self.phrasing_pairs.values() for p in v] + [p["text"] for p in self.test_pairs]
-                     + [t for _, t, _ in RANK_ATTRIBUTES])
+                     + [t for _, t, _ in RANK_ATTRIBUTES]
+                     + [t for v in self.imagenet_captions.values() for t in v] + [t for v in self.imagenet_prompts.values() for t in v]
+                     + [t.format(n) for n in self.everyday.imagenet_labels + self.everyday.coco_names for t in EVERYDAY_TEMPLATES]
+                     + [gloss_caption(c) for c in self.imagenet.classes]
+                     + [t for v in self.coco_category_captions.values() for t in v])
         self.tail = LastLayersText(self.model, cfg.text_layers)
         self.text = TextTable(self.loaded, self.tail, all_texts)
         self.log(f"{len(self.text.texts)} texts, {len(self.pairs)} training pairs")
@@ -342,37 +429,96 @@ class Pipeline:
         temb = F.normalize(temb, dim=-1)
         paths = [p for c in classes_photos for p in classes_photos[c]]
         labels = torch.tensor([classes.index(c) for c in classes_photos for _ in classes_photos[c]])
-        emb = F.normalize(self.model.visual.head(self.img(paths)), dim=-1)
+        emb = F.normalize(self.model.visual.embed(self.img(paths)), dim=-1)
         zs = float(((emb @ temb.t()).argmax(1) == labels).float().mean())
         return {"zero_shot": zs, "difference": self.difference_accuracy(pairs)}
 
     @torch.no_grad()
     def difference_accuracy(self, pairs: list[dict]) -> float:
-        a = self.model.visual.head(self.img([p["image_a"] for p in pairs]))
-        b = self.model.visual.head(self.img([p["image_b"] for p in pairs]))
+        a = self.model.visual.embed(self.img([p["image_a"] for p in pairs]))
+        b = self.model.visual.embed(self.img([p["image_b"] for p in pairs]))
         t = F.normalize(self.encode_texts([p["text"] for p in pairs]), dim=-1)
         return float(((t * losses.pair_difference(a, b)).sum(-1) > 0).float().mean())
 
     # base ----------------------------------------------------------------------------------------
+    def train_texts(self, texts: list[str]) -> torch.Tensor:
+        """Text embeddings with gradients: through the trainable last layers in the PC-CLIP stage,
+        else (base: only the head trains) the head on the frozen tower's pooled features."""
+        if self.text_layers_train:
+            return self.encode_texts(texts, grad=True)
+        return self.model.text.head(self.text.pooled[self.text.idx(texts)])
+
+    def class_text_embeddings(self, prompts: dict, classes: list[int], grad: bool = False,
+                              rng: random.Random | None = None) -> torch.Tensor:
+        """Text embeddings of ImageNet classes [C, D]: the template ensemble (mean of normalised
+        prompts), or with `rng` one random prompt per class (with gradients when `grad`)."""
+        if rng is not None:
+            texts = [rng.choice(prompts[i]) for i in classes]
+            return self.train_texts(texts) if grad else self.encode_texts(texts)
+        n = len(prompts[classes[0]])
+        emb = F.normalize(self.encode_texts([t for i in classes for t in prompts[i]]), dim=-1)
+        return emb.reshape(len(classes), n, -1).mean(1)
+
+    def everyday_losses(self, rng: random.Random, scale: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
+        """CLIP loss on seen ImageNet photos with their class captions, plus the distillation of the
+        tower's ImageNet classifier: KL(classifier over the seen classes || zero-shot over their names)
+        on a batch of photos (ImageNet, CUB and COCO training photos). `emb`: fixed image embeddings
+        (PC-CLIP stage), else the image tower's trainable heads run. The distillation takes
+        `distill_classes` random seen classes a step (the classifier renormalised over them)."""
+        cfg, m = self.cfg, self.model
+
+        def image(paths):
+            x = self.img(paths)
+            return emb[torch.tensor([self.pindex[p] for p in paths])] if emb is not None else m.visual.embed(x)
+
+        loss = torch.zeros(())
+        if cfg.imagenet_weight > 0:
+            cls = rng.sample(self.seen_imagenet, min(cfg.imagenet_batch, len(self.seen_imagenet)))
+            caps = [rng.choice(self.imagenet_captions[i]) for i in cls]
+            loss = loss + cfg.imagenet_weight * losses.clip_loss(
+                image([self.imagenet[i].image for i in cls]), self.train_texts(caps), scale)
+        if cfg.distill_weight > 0:
+            photos = rng.sample(self.distill_photos, cfg.distill_batch)
+            k = sorted(rng.sample(range(len(self.seen_imagenet)), min(cfg.distill_classes, len(self.seen_imagenet))))
+            with torch.no_grad():
+                # the classifier's own distribution (temperature 1, no top-k) over the sampled classes
+                teacher = m.visual.concepts.classifier(self.img(photos))[:, [self.seen_imagenet[j] for j in k]].softmax(-1)
+            classes = [self.seen_imagenet[j] for j in k]
+            names = F.normalize(self.class_text_embeddings(self.imagenet_prompts, classes, grad=True, rng=rng), dim=-1)
+            student = scale * F.normalize(image(photos), dim=-1) @ names.t()
+            loss = loss + cfg.distill_weight * F.kl_div(student.log_softmax(-1), teacher, reduction="batchmean")
+        return loss
+
+    @torch.no_grad()
+    def init_concepts(self) -> None:
+        """Each seen class's concept embedding starts at the text embedding of its name (template
+        ensemble, untrained text head): a photo then starts at what the classifier sees in it."""
+        emb = self.class_text_embeddings(self.imagenet_prompts, self.seen_imagenet)
+        self.model.visual.concepts.embeddings.copy_(self.cfg.concept_scale * F.normalize(emb, dim=-1))
+
     def train_base(self) -> None:
         cfg = self.cfg
         m = self.model
-        params = list(m.visual.head.parameters()) + list(m.text.head.parameters()) + [m.logit_scale]
+        self.init_concepts()
+        self.text_layers_train = False
+        params = (list(m.visual.head.parameters()) + [m.visual.concepts.embeddings] + list(m.text.head.parameters())
+                  + [m.logit_scale])
         for p in params:
             p.requires_grad = True
         opt = torch.optim.AdamW(params, lr=cfg.base_lr, weight_decay=0.1)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 50) * 0.5 * (1 + math.cos(math.pi * s / cfg.base_steps)))
         rng = random.Random(cfg.seed + 1)
         classes = sorted(self.train_imgs)
-        pooled = self.text.pooled
-        coco_pairs = [(im.path, c) for im in self.coco for c in im.captions]
+        coco_pairs = ([(im.path, c) for im in self.coco for c in im.captions]
+                      + [(p, c) for p, caps in self.coco_category_captions.items() for c in caps])
         m.visual.head.train()
-        for step in tqdm(range(cfg.base_steps), desc="base (CLIP loss, heads)", unit="step", disable=None):
+        for step in tqdm(range(cfg.base_steps), desc="base (CLIP loss + distillation, heads)", unit="step",
+                         disable=None, mininterval=10):
             batch = rng.sample(classes, min(cfg.base_batch, len(classes)))
             photos = [rng.choice(self.train_imgs[c]) for c in batch]
             caps = [rng.choice(self.captions[c]) for c in batch]
             scale = m.logit_scale.exp().clamp(max=100)
-            loss = losses.clip_loss(m.visual.head(self.img(photos)), m.text.head(pooled[self.text.idx(caps)]), scale)
+            loss = losses.clip_loss(m.visual.embed(self.img(photos)), self.train_texts(caps), scale)
             if cfg.coco_weight > 0:
                 cb = rng.sample(coco_pairs, cfg.coco_batch)
                 seen_img, cb2 = set(), []
@@ -380,8 +526,9 @@ class Pipeline:
                     if p not in seen_img:
                         seen_img.add(p)
                         cb2.append((p, c))
-                loss = loss + cfg.coco_weight * losses.clip_loss(m.visual.head(self.img([p for p, _ in cb2])),
-                                                                 m.text.head(pooled[self.text.idx([c for _, c in cb2])]), scale)
+                loss = loss + cfg.coco_weight * losses.clip_loss(m.visual.embed(self.img([p for p, _ in cb2])),
+                                                                 self.train_texts([c for _, c in cb2]), scale)
+            loss = loss + self.everyday_losses(rng, scale)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -392,7 +539,9 @@ class Pipeline:
         with torch.no_grad():
             m.logit_scale.clamp_(max=math.log(100))
         self.base_state = {k: v.clone() for k, v in m.state_dict().items()}
-        self.base_keys = sorted(n for n, _ in m.named_parameters() if n.startswith(("visual.head", "text.head")) or n == "logit_scale")
+        self.base_keys = sorted(n for n, _ in m.named_parameters()
+                                if n.startswith(("visual.head", "visual.concepts.embeddings", "text.head")) or n == "logit_scale")
+        self.base_keys.append("visual.concepts.index")
         self.log(f"base trained: {self.metrics(self.val_imgs, self.val_pairs, sorted(self.train_imgs))} (validation, seen classes)")
 
     # PC-CLIP ---------------------------------------------------------------------------------------
@@ -400,6 +549,7 @@ class Pipeline:
         cfg = self.cfg
         m = self.model
         params = self.tail.trainable_parameters()
+        self.text_layers_train = True
         for p in params:
             p.requires_grad = True
         self.pc_keys = sorted(set(self.tail.trainable_names(m)))
@@ -409,17 +559,18 @@ class Pipeline:
         classes = sorted(self.train_imgs)
         scale = m.logit_scale.detach().exp()
         with torch.no_grad():
-            emb = m.visual.head(self.trunk)
+            emb = m.visual.embed(self.trunk)
         if cfg.probe_weight > 0:
             photos = [(c, p) for c in classes for p in self.train_imgs[c]]
             x = F.normalize(emb[torch.tensor([self.pindex[p] for _, p in photos])], dim=-1).numpy()
             probe = AttributeProbe(self.table, x, [c for c, _ in photos], cfg.probe_ridge)
-            facts = sorted({p["fact"] for p in self.pairs}, key=repr)
+            facts = sorted({p["fact"] for p in self.pairs if p["source"] == "cub"}, key=repr)
             fact_index = {f: i for i, f in enumerate(facts)}
             fact_dirs = torch.from_numpy(probe.directions(facts))
         for blk in list(m.text.blocks)[self.tail.first_trainable:]:
             blk.train()
-        for step in tqdm(range(cfg.pc_steps), desc=f"PC-CLIP (last {cfg.text_layers} text layers + head)", unit="step", disable=None):
+        for step in tqdm(range(cfg.pc_steps), desc=f"PC-CLIP (last {cfg.text_layers} text layers + head)", unit="step",
+                         disable=None, mininterval=10):
             batch = rng.sample(self.pairs, cfg.pc_batch)
             ia = emb[torch.tensor([self.pindex[p["image_a"]] for p in batch])]
             ib = emb[torch.tensor([self.pindex[p["image_b"]] for p in batch])]
@@ -428,15 +579,17 @@ class Pipeline:
             # identical texts in a batch need no special targets: their embeddings are identical, so
             # the loss is the same as with multi-positive targets
             loss = losses.pc_clip_loss(t, ia, ib, cfg.pc_scale)
-            if cfg.probe_weight > 0:
-                target = fact_dirs[torch.tensor([fact_index[p["fact"]] for p in batch])]
-                loss = loss + cfg.probe_weight * losses.attribute_direction_loss(t, target)
+            cub = [k for k, p in enumerate(batch) if p["source"] == "cub"]
+            if cfg.probe_weight > 0 and cub:  # the probe knows the CUB attribute table's facts
+                target = fact_dirs[torch.tensor([fact_index[batch[k]["fact"]] for k in cub])]
+                loss = loss + cfg.probe_weight * len(cub) / len(batch) * losses.attribute_direction_loss(t[cub], target)
             if cfg.clip_weight > 0:
                 cb = rng.sample(classes, min(cfg.base_batch, len(classes)))
                 photos = [rng.choice(self.train_imgs[c]) for c in cb]
                 caps = [rng.choice(self.captions[c]) for c in cb]
                 ie = emb[torch.tensor([self.pindex[p] for p in photos])]
-                loss = loss + cfg.clip_weight * losses.clip_loss(ie, self.encode_texts(caps, grad=True), scale)
+                loss = loss + cfg.clip_weight * (losses.clip_loss(ie, self.train_texts(caps), scale)
+                                                 + self.everyday_losses(rng, scale, emb))
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -477,15 +630,27 @@ class Pipeline:
             test = self.metrics(self.test_photos, self.test_pairs)
             held = {k: self.difference_accuracy(v) for k, v in self.phrasing_pairs.items()}
             rows.append({"alpha": alpha, "val_zero_shot": val["zero_shot"], "val_difference": val["difference"],
+                         "val_imagenet_zero_shot": self.imagenet_seen_zero_shot(),
                          "test_zero_shot": test["zero_shot"], "test_difference_reserved": test["difference"],
                          "phrasings_trained": held["trained"], "phrasings_held_out": held["held_out"]})
             self.log(f"alpha {alpha}: {rows[-1]}")
         base = rows[0]
-        ok = [r for r in rows if r["val_zero_shot"] >= base["val_zero_shot"] - self.cfg.max_zero_shot_drop]
+        drop = self.cfg.max_zero_shot_drop
+        ok = [r for r in rows if r["val_zero_shot"] >= base["val_zero_shot"] - drop
+              and r["val_imagenet_zero_shot"] >= base["val_imagenet_zero_shot"] - drop] or rows[:1]
         best = max(ok, key=lambda r: (r["val_difference"], -r["alpha"]))
         self.set_alpha(best["alpha"])
         return {"rows": rows, "chosen_alpha": best["alpha"],
-                "rule": f"largest validation difference accuracy with validation zero-shot >= base - {self.cfg.max_zero_shot_drop}"}
+                "rule": f"largest validation difference accuracy with validation zero-shot (CUB) and seen-ImageNet "
+                        f"zero-shot >= base - {drop}"}
+
+    @torch.no_grad()
+    def imagenet_seen_zero_shot(self) -> float:
+        """Zero-shot top-1 of the seen ImageNet classes' sample photos among their 800 names (training
+        photos: a check that PC-CLIP keeps the base's everyday knowledge, for the WiSE-FT choice)."""
+        names = F.normalize(self.class_text_embeddings(self.imagenet_prompts, self.seen_imagenet), dim=-1)
+        emb = F.normalize(self.model.visual.embed(self.img([self.imagenet[i].image for i in self.seen_imagenet])), dim=-1)
+        return float(((emb @ names.t()).argmax(1) == torch.arange(len(names))).float().mean())
 
     @torch.no_grad()
     def calibration(self) -> dict:
@@ -494,8 +659,8 @@ class Pipeline:
         from sklearn.linear_model import LogisticRegression
 
         pairs = self.val_pairs
-        a = self.model.visual.head(self.img([p["image_a"] for p in pairs]))
-        b = self.model.visual.head(self.img([p["image_b"] for p in pairs]))
+        a = self.model.visual.embed(self.img([p["image_a"] for p in pairs]))
+        b = self.model.visual.embed(self.img([p["image_b"] for p in pairs]))
         t = F.normalize(self.encode_texts([p["text"] for p in pairs]), dim=-1)
         pos = (t * losses.pair_difference(a, b)).sum(-1).numpy()
         neg = (t * losses.pair_difference(b, a)).sum(-1).numpy()
@@ -510,7 +675,12 @@ class Pipeline:
         from safetensors.torch import save_file
 
         state = state if state is not None else self.model.state_dict()
-        tensors = {k: state[k].detach().to(torch.float16).contiguous() if state[k].numel() > 1 else state[k].detach().float().contiguous() for k in keys}
+        def stored(t: torch.Tensor) -> torch.Tensor:  # fp16 storage for weight matrices; indices stay integers
+            if not t.is_floating_point():
+                return t.detach().contiguous()
+            return t.detach().to(torch.float16 if t.numel() > 1 else torch.float32).contiguous()
+
+        tensors = {k: stored(state[k]) for k in keys}
         path.parent.mkdir(parents=True, exist_ok=True)
         save_file(tensors, str(path), metadata={k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()})
         return path
@@ -563,7 +733,26 @@ def targets(report: dict, sweep: dict) -> list[dict]:
     cp_gain = cp["top1_hinted_with"] - cp["top1_hinted_without"] if cp["top1_hinted_with"] is not None else float("nan")
     ph = report["phrasings"]
     gap = ph["trained"] - ph["held_out"]
+    e = report["everyday"]
+    im, co = e["imagenet_heldout_top1"], e["coco_val_top1"]
+    ad, asp = e["animal_difference"]["pcclip"]["accuracy"]["mean"], e["animal_size_spearman"]["pcclip"]
+    zs_sets = {"CUB": (base_z, pc_z), "held-out ImageNet": (im["base"], im["pcclip"]), "COCO val": (co["base"], co["pcclip"])}
+    worst = min(zs_sets, key=lambda k: zs_sets[k][1] - zs_sets[k][0])
+    weights_mb = report.get("weights_mb", float("nan"))
     out = [
+        ("held-out ImageNet classes: zero-shot top-1 (200-way) >= 35%", im["pcclip"] >= 0.35,
+         f"{im['pcclip']:.1%} (base {im['base']:.1%})"),
+        ("COCO val2017: top-1 among the annotated categories (80 names) >= 85%", co["pcclip"] >= 0.85,
+         f"{co['pcclip']:.1%} (base {co['base']:.1%})"),
+        ("animals (held-out): difference accuracy on AwA2 texts >= 80%", (ad or 0) >= 0.80,
+         f"{ad:.1%} (base {e['animal_difference']['base']['accuracy']['mean']:.1%})"),
+        ("animals (held-out): Spearman of \"a larger animal\" with AwA2 big >= 0.6", (asp or -1) >= 0.6,
+         f"{asp:.3f} (base {e['animal_size_spearman']['base']:.3f})" if asp is not None else "n/a"),
+        ("PC-CLIP zero-shot no more than 1 point below base on every set", all(p >= b - 0.01 for b, p in zs_sets.values()),
+         "; ".join(f"{k} {(p - b) * 100:+.1f}" for k, (b, p) in zs_sets.items()) + f" (worst: {worst})"),
+        ("one command reproduces everything in <= 90 min", report.get("minutes", 0) <= 90,
+         f"{report.get('minutes', float('nan')):.0f} min (feature cache {report.get('feature_cache', 'n/a')})"),
+        ("shipped weights <= 25 MB", weights_mb <= 25, f"{weights_mb:.1f} MB"),
         ("base zero-shot top-1 (CUB test, 100-way) >= 70%", base_z >= 0.70, f"{base_z:.1%}"),
         ("PC-CLIP difference accuracy (reserved) >= 85%", pc_d >= 0.85, f"{pc_d:.1%}"),
         ("PC-CLIP difference accuracy >= base + 25 points", pc_d - base_d >= 0.25, f"{(pc_d - base_d) * 100:+.1f} points (base {base_d:.1%})"),
@@ -589,6 +778,14 @@ def results_markdown(report: dict, sweep: dict, tgt: list[dict], minutes: float,
     for label, key in rows:
         sp = "Spearman" in label
         lines.append(f"| {label} | {fmt(s['base'][key], sp)} | {fmt(s['pcclip'][key], sp)} |")
+    e = report["everyday"]
+    for label, key, sp in (("zero-shot top-1, held-out ImageNet classes (200-way)", "imagenet_heldout_top1", False),
+                           ("zero-shot top-1, COCO val2017 (80 names, any annotated category)", "coco_val_top1", False),
+                           ("Spearman, \"a larger animal\" (held-out animals vs AwA2 big)", "animal_size_spearman", True)):
+        lines.append(f"| {label} | {fmt(e[key]['base'], sp)} | {fmt(e[key]['pcclip'], sp)} |")
+    ad = e["animal_difference"]
+    lines.append(f"| difference classification, held-out animals (AwA2 texts) | {fmt(ad['base']['accuracy']['mean'], False)} | "
+                 f"{fmt(ad['pcclip']['accuracy']['mean'], False)} |")
     r = report["rank_by_attribute"]
     for text, v in r["pcclip"]["per_attribute"].items():
         lines.append(f"| Spearman, \"{text}\" | {fmt(r['base']['per_attribute'][text]['spearman'], True)} | {fmt(v['spearman'], True)} |")
@@ -648,7 +845,7 @@ def reproduce(cfg: ReproduceConfig) -> dict:
         key = image_cache_key(lm.model, lm.preprocess_cfg, "embedding")
         cache = ImageFeatureCache(default_cache_dir(), key)
         with torch.no_grad():
-            emb = lm.model.visual.head(pl.trunk.float())
+            emb = lm.model.visual.embed(pl.trunk.float())
         if not cache.cached(pl.paths):
             cache._save(list(pl.paths), emb)
     pl.log("evaluating (pcclip eval)")
@@ -669,10 +866,12 @@ def reproduce(cfg: ReproduceConfig) -> dict:
         report["ablation_paper_loss"] = ablation
     report["calibration"] = calibration
     report["config"] = asdict(cfg)
-    tgt = targets(report, sweep)
-    report["targets"] = tgt
     minutes = (time.time() - pl.t0) / 60
     report["minutes"] = minutes
+    report["feature_cache"] = pl.feature_cache
+    report["weights_mb"] = (base_path.stat().st_size + pc_path.stat().st_size) / 1e6
+    tgt = targets(report, sweep)
+    report["targets"] = tgt
     summary = {"summary": report["summary"]["values"], "targets": tgt, "chosen_alpha": sweep["chosen_alpha"],
                "phrasings": report["phrasings"]}
     pl.save(out / "pcclip-mini-base.safetensors", pl.base_keys,
@@ -686,20 +885,38 @@ def reproduce(cfg: ReproduceConfig) -> dict:
 
     report = _finite(report)
     (out / "report.json").write_text(json.dumps(report, indent=2))
-    if cfg.write_outputs:
-        import shutil
-
-        wd, docs = Path(cfg.weights_dir), Path(cfg.docs_dir)
-        wd.mkdir(parents=True, exist_ok=True)
-        shutil.copy(out / "pcclip-mini-base.safetensors", wd / "pcclip-mini-base.safetensors")
-        shutil.copy(out / "pcclip-mini.safetensors", wd / "pcclip-mini.safetensors")
-        docs.mkdir(parents=True, exist_ok=True)
-        plot_tradeoff(sweep["rows"], sweep["rows"][0]["test_zero_shot"], sweep["chosen_alpha"], docs / "default_model_tradeoff.png",
-                      ablation["rows"] if ablation else None)
-        shutil.copy(out / "eval" / "summary.png", docs / "default_model_summary.png")
-        (docs / "default_model_report.json").write_text(json.dumps(report, indent=2))
-        block = results_markdown(report, sweep, tgt, minutes, "docs/results/default_model_tradeoff.png")
-        (docs / "default_model.md").write_text(block)
-        update_readme(Path(cfg.readme), block)
+    write_results(out, report)
+    if cfg.install:
+        install_run(out, cfg)
     pl.log("done")
     return report
+
+
+def write_results(out: Path, report: dict) -> str:
+    """The run's trade-off plot (`tradeoff.png`) and results table (`results.md`), from its report."""
+    sweep, ablation = report["tradeoff"], report.get("ablation_paper_loss")
+    plot_tradeoff(sweep["rows"], sweep["rows"][0]["test_zero_shot"], sweep["chosen_alpha"], out / "tradeoff.png",
+                  ablation["rows"] if ablation else None)
+    block = results_markdown(report, sweep, report["targets"], report["minutes"], "docs/results/default_model_tradeoff.png")
+    (out / "results.md").write_text(block)
+    return block
+
+
+def install_run(out: str | Path, cfg: ReproduceConfig | None = None) -> None:
+    """Make a finished run the shipped default model: its weights into models/weights, its report
+    and plots into docs/results, its table into the README (`pcclip reproduce --install`)."""
+    import shutil
+
+    out, cfg = Path(out), cfg or ReproduceConfig()
+    report = json.loads((out / "report.json").read_text())
+    block = write_results(out, report)
+    wd, docs = Path(cfg.weights_dir), Path(cfg.docs_dir)
+    wd.mkdir(parents=True, exist_ok=True)
+    docs.mkdir(parents=True, exist_ok=True)
+    for name in ("pcclip-mini-base.safetensors", "pcclip-mini.safetensors"):
+        shutil.copy(out / name, wd / name)
+    shutil.copy(out / "tradeoff.png", docs / "default_model_tradeoff.png")
+    shutil.copy(out / "eval" / "summary.png", docs / "default_model_summary.png")
+    (docs / "default_model_report.json").write_text(json.dumps(report, indent=2))
+    (docs / "default_model.md").write_text(block)
+    update_readme(Path(cfg.readme), block)

@@ -402,6 +402,9 @@ def run_evaluation(model: str, out: Path, base: str | None = None, root: Path | 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     setup = build_setup(root, Path(split_file) if split_file else RESERVED_SPLIT, max_photos_per_class, max_classes=max_classes)
+    from training.evaluate_everyday import build_everyday_setup, evaluate_everyday
+
+    everyday = build_everyday_setup(root)
     base_loaded = None
     if base is None:  # the model the checkpoint was trained from (the same random init for a random base)
         trained = load_model(model)
@@ -409,7 +412,7 @@ def run_evaluation(model: str, out: Path, base: str | None = None, root: Path | 
             base_loaded = load_starting_model(trained)
             base = base_loaded.spec
     specs = ([("base", base)] if base else []) + [("pcclip", model)]
-    paths = sorted({im.path for im in setup.test_images})
+    paths = sorted({im.path for im in setup.test_images} | set(everyday.paths()))
     models: list[EmbeddedModel] = []
     for name, spec in specs:
         same = next((m for m in models if m.spec == spec), None)  # one load when both sides are the same spec
@@ -424,6 +427,7 @@ def run_evaluation(model: str, out: Path, base: str | None = None, root: Path | 
         "difference_classification": evaluate_difference(models, pair_sets),
         "rank_by_attribute": evaluate_ranking(models, setup),
         "zero_shot": evaluate_zero_shot(models, setup, confused_pairs),
+        "everyday": evaluate_everyday(models, everyday, seeds, pairs_per_seed),
     }
     names = [m.name for m in models]
     report["summary"] = _summary(report, names)

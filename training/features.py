@@ -30,9 +30,11 @@ def default_cache_dir() -> Path:
 
 
 def image_cache_key(model, preprocess_cfg: PreprocessConfig, level: str) -> str:
-    """Fingerprint of the image tower's weights, the preprocessing and the feature level."""
+    """Fingerprint of the image tower's weights, the preprocessing and the feature level. Trunk
+    features depend on the trunk alone, so a new head (or a retrained one) keeps their cache."""
     h = hashlib.sha256()
-    h.update(state_fingerprint(model.visual).encode())
+    tower = model.visual.trunk if level == "trunk" and hasattr(model.visual, "trunk") else model.visual
+    h.update(state_fingerprint(tower).encode())
     h.update(json.dumps(preprocess_cfg.to_dict(), sort_keys=True).encode())
     h.update(level.encode())
     return f"{level}-{h.hexdigest()[:16]}"

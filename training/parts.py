@@ -62,7 +62,8 @@ def _text_head_params(model) -> list[nn.Parameter]:
 def _image_head_params(model) -> list[nn.Parameter]:
     visual = model.visual
     if isinstance(getattr(visual, "head", None), nn.Module) and hasattr(visual, "features"):  # pcclip
-        return list(visual.head.parameters())
+        concepts = [visual.concepts.embeddings] if getattr(visual, "concepts", None) is not None else []
+        return list(visual.head.parameters()) + concepts
     if isinstance(getattr(visual, "proj", None), nn.Parameter):  # open_clip VisionTransformer
         return [visual.proj]
     raise ValueError("cannot find the image head (projection) of this model")
@@ -139,7 +140,7 @@ def image_split(model, trains_image_head: bool) -> TowerSplit:
         return TowerSplit("embedding", lambda pixels: model.encode_image(pixels), lambda x: x)
     visual = model.visual
     if hasattr(visual, "features") and isinstance(getattr(visual, "head", None), nn.Module):
-        return TowerSplit("trunk", visual.features, visual.head)
+        return TowerSplit("trunk", visual.features, visual.embed)
     if isinstance(getattr(visual, "proj", None), nn.Parameter):
 
         def features(pixels):

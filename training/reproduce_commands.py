@@ -18,7 +18,13 @@ def register(subparsers) -> None:
                    help="weight of the attribute-direction loss in PC-CLIP (0: the paper's loss alone)")
     p.add_argument("--no-ablation", action="store_true", help="skip the extra PC-CLIP run with the paper's loss alone")
     p.add_argument("--max-photos-per-class", type=int, default=None, help="CUB test photos per class in the evaluation (default all)")
-    p.add_argument("--no-write", action="store_true", help="leave models/weights, docs and README alone")
+    p.add_argument("--awa2-pairs", type=int, default=None, help="AwA2 attribute-difference pairs in PC-CLIP")
+    p.add_argument("--coco-pairs", type=int, default=None, help="COCO caption-difference pairs in PC-CLIP")
+    p.add_argument("--install-run", default=None, metavar="DIR",
+                   help="install a finished run directory (weights, docs, README table) without training")
+    p.add_argument("--install", action="store_true",
+                   help="also replace the shipped weights (models/weights), docs/results and the README table "
+                        "(default: everything stays in --out)")
     p.set_defaults(handler=_run)
 
 
@@ -28,9 +34,16 @@ def _run(args) -> int:
     from training.default_model import ReproduceConfig, reproduce
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    cfg = ReproduceConfig(out=args.out, data=args.data, write_outputs=not args.no_write)
+    if args.install_run:
+        from training.default_model import install_run
+
+        install_run(args.install_run)
+        print(f"installed {args.install_run}: models/weights, docs/results, README table")
+        return 0
+    cfg = ReproduceConfig(out=args.out, data=args.data, install=args.install)
     cfg.ablation = not args.no_ablation
-    for name in ("n_pairs", "pc_steps", "base_steps", "text_layers", "clip_weight", "probe_weight", "max_photos_per_class"):
+    for name in ("n_pairs", "pc_steps", "base_steps", "text_layers", "clip_weight", "probe_weight", "max_photos_per_class",
+                 "awa2_pairs", "coco_pairs"):
         if getattr(args, name) is not None:
             setattr(cfg, name, getattr(args, name))
     if args.short_fraction is not None:

@@ -61,7 +61,7 @@ async def explain(request: Request, svc: Service):
         check_texts(svc, req.candidates, "candidates")
         texts, source = list(req.candidates), "candidates"
     else:
-        texts, source = difference_vocabulary(svc.settings.explain_subject), "built-in"
+        texts, source = difference_vocabulary(req.subject or svc.settings.explain_subject), "built-in"
     pair = await embed_image_strings(svc, inputs["image_a"] + inputs["image_b"], ["image_a", "image_b"], indexed=False)
     text_embs = await svc.engine.embed_texts(texts)
     scores = compare(pair[0][None, :], pair[1][None, :], text_embs)

@@ -10,7 +10,7 @@ from models.loading import WEIGHTS_DIR, load_model
 def test_shipped_weights_are_small_and_present():
     files = [WEIGHTS_DIR / "pcclip-mini.safetensors", WEIGHTS_DIR / "pcclip-mini-base.safetensors"]
     assert all(f.is_file() for f in files)
-    assert sum(f.stat().st_size for f in files) <= 20 * 1024 * 1024
+    assert sum(f.stat().st_size for f in files) <= 25 * 1000 * 1000  # the budget: 25 MB
 
 
 def test_default_model_is_the_trained_pcclip_one():

@@ -151,3 +151,38 @@ def test_models_core_imports_neither_fastapi_nor_trainer():
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_concept_head_mixes_the_kept_classes_embeddings():
+    """The concept head is the classifier's softmax over the kept classes times their embeddings;
+    zero embeddings (untrained) add nothing, and held-out classes take no part."""
+    import torch
+    import torch.nn.functional as F
+
+    from models.pcclip_mini import ConceptHead
+
+    torch.manual_seed(0)
+    classifier = torch.nn.Linear(16, 10)
+    head = ConceptHead(classifier, 4, 3)
+    x = torch.randn(5, 16)
+    assert torch.equal(head(x), torch.zeros(5, 3))
+    head.index.copy_(torch.tensor([1, 3, 5, 7]))
+    with torch.no_grad():
+        head.embeddings.copy_(torch.eye(4, 3))
+    p = head.probabilities(x)
+    assert torch.allclose(p, F.softmax(classifier(x)[:, [1, 3, 5, 7]], dim=1))
+    assert torch.allclose(head(x), p @ torch.eye(4, 3))
+    top = ConceptHead(classifier, 4, 3, top_k=2)
+    top.index.copy_(head.index)
+    assert ((top.probabilities(x) > 0).sum(1) == 2).all()
+    assert torch.allclose(top.probabilities(x).sum(1), torch.ones(5))
+
+
+def test_untrained_image_tower_is_the_head_alone():
+    import torch
+
+    loaded = load_model("pcclip-mini:untrained")
+    visual = loaded.model.visual
+    feats = torch.rand(2, visual.width)
+    with torch.no_grad():
+        assert torch.equal(visual.embed(feats), visual.head(feats))

@@ -151,9 +151,16 @@ def test_explain_candidates_and_builtin(client, photo_b64):
     assert diffs[0]["score"] >= diffs[1]["score"]
     builtin = client.post("/v1/explain", json={"image_a": photo_b64[0], "image_b": photo_b64[1], "top_k": 3}).json()
     assert builtin["vocabulary"] == "built-in" and len(builtin["differences"]) == 3
-    assert all(d["text"].startswith("The first bird") for d in builtin["differences"])
+    assert all(d["text"].startswith("The first image") for d in builtin["differences"])  # subject-neutral
     scores = [d["score"] for d in builtin["differences"]]
     assert scores == sorted(scores, reverse=True)
+    named = client.post("/v1/explain", json={"image_a": photo_b64[0], "image_b": photo_b64[1], "subject": "animal",
+                                             "top_k": 50}).json()
+    assert all(d["text"].startswith(("The first animal", "The first image")) for d in named["differences"])
+    assert any(d["text"].startswith("The first animal") for d in named["differences"])
+    for subject in ("{0}", "animal\n", ""):
+        bad = client.post("/v1/explain", json={"image_a": photo_b64[0], "image_b": photo_b64[1], "subject": subject})
+        assert bad.status_code == 422 and bad.json()["error"]["field"].endswith("subject"), subject
 
 
 def test_store_crud_and_classify_without_reencoding(client, encoder, photo_b64):

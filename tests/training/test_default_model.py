@@ -113,3 +113,38 @@ def test_short_fraction_phrases_that_share_of_training_pairs_short(writer):
     assert not [p for p in long_only if "first" not in p["text"].lower() and "second" not in p["text"].lower()]
     assert 0.25 < len(short) / len(mixed) < 0.6  # shapes have no short form
     assert {"a larger bird", "a smaller bird"} & {p["text"] for p in short}
+
+
+def test_awa2_pairs_state_true_animal_facts(data_dir):
+    """AwA2 training pairs: photos of two different animals, true size claims, short "a larger animal"."""
+    from training.data import AttributeTable
+    from training.default_model import make_pairs
+    from training.pairs.attributes import AttributeWriter
+
+    table = AttributeTable.from_awa2(data_dir)
+    awa2 = AttributeWriter(table, noun="animal")
+    photos = {a: [f"{a}/1.jpg"] for a in ("elephant", "hamster", "zebra", "gorilla", "squirrel")}
+    pairs = make_pairs(photos, awa2, 300, random.Random(0), top_k=None, short_fraction=0.3)
+    size = lambda c: table.row(c)["big"] - table.row(c)["small"]
+    shorts = [p for p in pairs if p["text"] in ("a larger animal", "a smaller animal")]
+    assert shorts
+    for p in shorts:
+        assert (p["text"] == "a larger animal") == (size(p["class_a"]) > size(p["class_b"]))
+    assert all(p["class_a"] != p["class_b"] for p in pairs)
+
+
+def test_imagenet_captions_and_coco_difference_pairs(data_dir):
+    from training.data import load_coco_captions
+    from training.default_model import coco_difference_pairs, imagenet_captions
+    from training.everyday import ImageNetClasses
+
+    panda = ImageNetClasses(data_dir)[388]
+    caps = imagenet_captions(panda)
+    assert caps[0] == "a photo of a giant panda." and any(panda.gloss in c for c in caps)
+    coco = load_coco_captions(data_dir, "train")
+    pairs = coco_difference_pairs(coco, 20, random.Random(0))
+    by_path = {im.path: im.captions for im in coco}
+    for p in pairs:
+        assert p["image_a"] != p["image_b"] and p["source"] == "coco"
+        assert p["image_a"].startswith("coco-mini/train2017/")  # never a val2017 photo
+        assert any(c.strip(" .").lower()[:20] in p["text"].lower() for c in by_path[p["image_a"]])
