@@ -750,8 +750,10 @@ def targets(report: dict, sweep: dict) -> list[dict]:
          f"{asp:.3f} (base {e['animal_size_spearman']['base']:.3f})" if asp is not None else "n/a"),
         ("PC-CLIP zero-shot no more than 1 point below base on every set", all(p >= b - 0.01 for b, p in zs_sets.values()),
          "; ".join(f"{k} {(p - b) * 100:+.1f}" for k, (b, p) in zs_sets.items()) + f" (worst: {worst})"),
-        ("one command reproduces everything in <= 90 min", report.get("minutes", 0) <= 90,
-         f"{report.get('minutes', float('nan')):.0f} min (feature cache {report.get('feature_cache', 'n/a')})"),
+        ("one command reproduces everything from nothing (cold caches) in <= 90 min",
+         report.get("feature_cache") == "cold" and report.get("minutes", 99) <= 90,
+         f"{report.get('minutes', float('nan')):.0f} min with the image-feature cache {report.get('feature_cache', 'n/a')}"
+         + ("" if report.get("feature_cache") == "cold" else " (a cold run was not measured by this run)")),
         ("shipped weights <= 25 MB", weights_mb <= 25, f"{weights_mb:.1f} MB"),
         ("base zero-shot top-1 (CUB test, 100-way) >= 70%", base_z >= 0.70, f"{base_z:.1%}"),
         ("PC-CLIP difference accuracy (reserved) >= 85%", pc_d >= 0.85, f"{pc_d:.1%}"),
@@ -803,7 +805,7 @@ def results_markdown(report: dict, sweep: dict, tgt: list[dict], minutes: float,
         lines.append(f"| held-out vs trained phrasings: PC-CLIP loss alone | | {ab['chosen']['phrasings_held_out'] * 100:.1f}% vs "
                      f"{ab['chosen']['phrasings_trained'] * 100:.1f}% |")
     t = ["", "| target | met | figure |", "| --- | --- | --- |"] + [f"| {x['target']} | {'yes' if x['met'] else 'no'} | {x['figure']} |" for x in tgt]
-    head = (f"Produced by `bash scripts/reproduce_default_model.sh` (config in the report; {minutes:.0f} min on this machine's CPU; "
+    head = (f"Produced by `bash scripts/reproduce_default_model.sh --install` (config in the report; {minutes:.0f} min on this machine's CPU; "
             f"WiSE-FT alpha {sweep['chosen_alpha']:g}, chosen on validation photos; "
             f"{z['base']['photos_all']} CUB test photos, {report['data']['seeds']} seeds x {report['data']['pairs_per_seed']} reserved-class pairs). "
             "Report: `docs/results/default_model_report.json`.")
