@@ -94,12 +94,20 @@ def test_pcclip_eval_smoke_run_writes_report_and_plots(tmp_path, data_dir):
     for png in ("summary.png", "ranked_strip.png"):
         with Image.open(out / png) as im:
             assert im.size[0] > 300
-    # one image tower -> one cache entry holding the 16 test photos
+    # the everyday evaluations run too, on their held-out photos
+    from training.evaluate_everyday import build_everyday_setup
+
+    everyday = build_everyday_setup(data_dir)
+    e = report["everyday"]
+    assert e["data"]["imagenet_heldout_photos"] == 200 and e["data"]["coco_val_photos"] == 79
+    for key in ("imagenet_heldout_top1", "coco_val_top1"):
+        assert set(e[key]) == {"base", "pcclip"} and all(0.0 <= v <= 1.0 for v in e[key].values())
+    # one image tower -> one cache entry holding the 16 CUB test photos and the everyday photos
     cached = list((tmp_path / "cache").rglob("features.pt"))
     assert len(cached) == 1
     import torch
 
-    assert torch.load(cached[0], weights_only=True)["features"].shape == (16, 384)
+    assert torch.load(cached[0], weights_only=True)["features"].shape == (16 + len(everyday.paths()), 384)
 
 
 def test_eval_text_embeddings_match_the_served_encoder(tmp_path, data_dir):
