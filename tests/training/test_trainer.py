@@ -156,9 +156,9 @@ def test_pcclip_mini_base_training_caches_trunk_features(tmp_path, tiny_captions
     from safetensors.torch import load_file
 
     weights = load_file(str(tmp_path / "mini" / "weights.safetensors"))
-    # the image head is an MLP (models/model_configs/pcclip-mini.json), the text head linear
+    # the image head is an MLP (models/model_configs/pcclip-mini.json) plus the concept embeddings, the text head linear
     assert set(weights) == {"logit_scale", "text.head.weight", "visual.head.0.weight", "visual.head.0.bias",
-                            "visual.head.3.weight", "visual.head.3.bias"}
+                            "visual.head.3.weight", "visual.head.3.bias", "visual.concepts.embeddings"}
     loaded = load_model(f"pcclip-mini:{tmp_path / 'mini' / 'weights.safetensors'}")
     assert torch.equal(loaded.model.visual.head[0].weight, weights["visual.head.0.weight"])
 
