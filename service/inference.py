@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import io
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -17,6 +19,18 @@ from service.batcher import QueueFull, TowerBatcher
 from service.metrics import ServiceMetrics
 from service.settings import Settings
 from service.text_cache import TextEmbeddingCache
+
+LARGE_DECODE_PIXELS = 4_000_000  # after decoding an image this large, hand freed memory back to the OS
+_LIBC = ctypes.CDLL(ctypes.util.find_library("c")) if ctypes.util.find_library("c") else None
+
+
+def release_freed_memory() -> None:
+    """glibc keeps the freed buffers of a large decode in its heap (its mmap threshold grows with
+    each large free), so a process would stay at its peak: malloc_trim hands them back. No-op
+    where there is no glibc."""
+    trim = getattr(_LIBC, "malloc_trim", None)
+    if trim is not None:
+        trim(0)
 
 
 def check_pixel_budget(images: list[bytes], max_pixels: int) -> None:
@@ -124,8 +138,11 @@ class InferenceEngine:
                 decoded = decode_image(data, self.image_limits, min_side=self.draft_min_side)
             except ImageDecodeError as err:
                 raise err.with_index(i) from err
+            large = decoded.width * decoded.height >= LARGE_DECODE_PIXELS
             pixels.append(self.encoder.preprocess([decoded]))
             del decoded
+            if large:
+                release_freed_memory()
         return np.concatenate(pixels)
 
     async def embed_images(self, images: list[bytes]) -> np.ndarray:

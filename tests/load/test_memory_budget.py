@@ -23,6 +23,9 @@ MAX_IMAGE_PIXELS = 40_000_000
 def test_huge_requests_are_refused_and_the_worst_allowed_one_stays_bounded(serve):
     server = serve(PCCLIP_MAX_REQUEST_PIXELS=str(2 * MAX_IMAGE_PIXELS), PCCLIP_MAX_BODY_BYTES=str(64 * 2**20))
     httpx.post(f"{server.base_url}/v1/embeddings", json={"input": "warm up"}, timeout=60).raise_for_status()
+    # the image tower's first calls size its ONNX Runtime arena for a full batch: warm it with
+    # ordinary photos, so "before" is a served process and not a cold one
+    post_images_sampling_rss(server, [plain_jpeg(640)] * 2)
     before = server.rss_bytes() / 2**20
 
     # the request: 64 JPEGs of 6000 x 6000 (2.3 billion pixels): refused from the headers
