@@ -335,9 +335,9 @@ class Pipeline:
         self.animal_imgs = {a: [self.imagenet[i].image for i in idx]
                             for a, idx in load_awa2_imagenet().items() if a not in awa2_held}
         # COCO train2017 photos also get a caption per annotated category ("a photo of a dog.")
-        self.coco_category_captions = {path: [EVERYDAY_TEMPLATES[0].format(c) for c in cats]
-                                       for path, cats in coco_category_photos(self.root, "train")}
-        for path, cats in coco_category_photos(self.root, "train"):  # COCO photos of exactly one AwA2 animal
+        coco_categories = coco_category_photos(self.root, "train")
+        self.coco_category_captions = {path: [EVERYDAY_TEMPLATES[0].format(c) for c in cats] for path, cats in coco_categories}
+        for path, cats in coco_categories:  # COCO photos of exactly one animal, an AwA2 one
             animals = [c for c in cats if c in COCO_ANIMALS]
             if len(animals) == 1 and COCO_ANIMALS[animals[0]] in self.awa2.classes and COCO_ANIMALS[animals[0]] not in awa2_held:
                 self.animal_imgs.setdefault(COCO_ANIMALS[animals[0]], []).append(path)
@@ -887,9 +887,10 @@ def reproduce(cfg: ReproduceConfig) -> dict:
 
     report = _finite(report)
     (out / "report.json").write_text(json.dumps(report, indent=2))
-    write_results(out, report)
     if cfg.install:
-        install_run(out, cfg)
+        install_run(out, cfg)  # writes the run's results too
+    else:
+        write_results(out, report)
     pl.log("done")
     return report
 

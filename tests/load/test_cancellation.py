@@ -10,21 +10,13 @@ import httpx
 import pytest
 
 from bench.harness import metric_value
+from tests.service.conftest import wait_for
 
 BULK = 8  # PCCLIP_BULK_BATCH_SIZE of the server under test
 
 
 def _text_items_encoded(http: httpx.Client) -> float:
     return metric_value(http.get("/metrics").text, "pcclip_batch_size_sum", tower="text")
-
-
-def _wait_for(predicate, timeout_s: float = 120.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 @pytest.mark.slow
@@ -38,7 +30,7 @@ def test_an_abandoned_class_set_stops_being_encoded(serve):
         client = socket.create_connection(("127.0.0.1", server.port), timeout=10)
         client.sendall(b"PUT /v1/stores/abandoned HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                        b"Content-Length: %d\r\n\r\n" % len(body) + body)
-        assert _wait_for(lambda: _text_items_encoded(http) > before), "the class set was never encoded"
+        assert wait_for(lambda: _text_items_encoded(http) > before, timeout=120.0), "the class set was never encoded"
         client.close()  # the client gives up once encoding is under way
         time.sleep(2.0)  # the disconnect is seen, the piece already in the tower finishes
         stopped_at = _text_items_encoded(http)
