@@ -18,7 +18,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -33,26 +35,38 @@ OUT_DIR = REPO_ROOT / "docs" / "results" / "collections"
 ATTRIBUTES = ["a larger bird", "a smaller bird", "a bluer bird", "a whiter bird", "a bird with a redder crown",
               "a bird with blacker wings", "a bird with a yellower breast", "a bird with a longer bill"]
 WRITE_BATCH = 1000  # items per Lua script: a long script blocks Redis (BUSY) for everyone
+BULK_ROWS = 10_000  # items per HSET of the in-process mode's bulk fill
 
 
-async def fill(redis_url: str, model: str, fingerprint: str, dim: int, n: int, seed: int = 0) -> float:
-    """Write n random unit vectors (ids v0..v{n-1}) as collection 'synthetic'; returns seconds."""
+async def fill(redis_url: str, model: str, fingerprint: str, dim: int, n: int, seed: int = 0, bulk: bool = False) -> float:
+    """Write n random unit vectors (ids v0..v{n-1}) as collection 'synthetic'; returns seconds.
+
+    Through the service's writes (`CollectionRegistry.add`: one Lua script per WRITE_BATCH items,
+    with the change log), or `bulk`: straight into the collection's vector hash (the storage format
+    the registry loads), BULK_ROWS per HSET, the bench's shortcut to a large collection in bounded time.
+    """
     from service.collections import CollectionRegistry
     from service.metrics import ServiceMetrics
     from service.stores import StoreRegistry
 
     metrics = ServiceMetrics()
-    stores = StoreRegistry(redis_url, model, fingerprint, metrics, timeout_s=30.0)
+    stores = StoreRegistry(redis_url, model, fingerprint, metrics, timeout_s=60.0)
     await stores.start()
     registry = CollectionRegistry(stores, model, fingerprint, metrics, log_length=100)
     coll, _ = await registry.create("synthetic", dim)
+    vec_key = registry._keys(coll.name)[1]
     rng = np.random.default_rng(seed)
     started = time.perf_counter()
-    for start in range(0, n, WRITE_BATCH):
-        count = min(WRITE_BATCH, n - start)
+    step = BULK_ROWS if bulk else WRITE_BATCH
+    for start in range(0, n, step):
+        count = min(step, n - start)
         v = rng.standard_normal((count, dim), dtype=np.float32)
         v /= np.linalg.norm(v, axis=1, keepdims=True)
-        await registry.add(coll, [f"v{i}" for i in range(start, start + count)], v, [None] * count, refresh=False)
+        ids = [f"v{i}" for i in range(start, start + count)]
+        if bulk:
+            await stores._client.hset(vec_key, mapping=dict(zip(ids, (row.tobytes() for row in v.astype("<f4")))))
+        else:
+            await registry.add(coll, ids, v, [None] * count, refresh=False)
     took = time.perf_counter() - started
     await stores.stop()
     return took
@@ -124,12 +138,15 @@ def measure(model: str, n: int, dtype: str, info: dict, workdir: Path, requests:
 
 
 async def _in_process(redis_url: str, info: dict, n: int, dtype: str, requests: int, concurrency: int, seed: int = 2) -> dict:
-    """The service's collection path without HTTP or a model: load from Redis, then concurrent rank/search passes."""
+    """The service's collection path without HTTP or a model: load from Redis, then concurrent rank/search
+    requests (each: the freshness check against Redis, then the batched search pass), and beside them the
+    cost of one pass (`ExactIndex.search`) and of the bare matrix product under it (the memory-bound floor)."""
     import psutil
 
     from models.difference import composed_query
     from service.collections import CollectionRegistry
     from service.metrics import ServiceMetrics
+    from service.schemas import DEFAULT_MODIFIER_WEIGHT
     from service.stores import StoreRegistry
     from service.vector_index import Query
 
@@ -153,7 +170,7 @@ async def _in_process(redis_url: str, info: dict, n: int, dtype: str, requests: 
             q, tag, excluded = text / np.linalg.norm(text), "rank", ()
         else:
             item = f"v{int(rng.integers(n))}"
-            q, tag = composed_query(fresh.index.get(item)[0], text[None, :], [1.0]), "search"
+            q, tag = composed_query(fresh.index.get(item)[0], text[None, :], [DEFAULT_MODIFIER_WEIGHT]), "search"
             excluded = (fresh.index.row_of(item),)
         await registry.search(fresh, fresh.index.snapshot(), [Query(q, 10 + (8 if tag == "search" else 0), None, excluded)])
         latencies[tag].append((time.perf_counter() - started) * 1000)
@@ -164,22 +181,55 @@ async def _in_process(redis_url: str, info: dict, n: int, dtype: str, requests: 
         while queue:
             await one(queue.pop())
 
+    load_before = os.getloadavg()
+    started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
+    wall = time.perf_counter() - started
+    load_after = os.getloadavg()
     await stores.stop()
-    out = {"load_from_redis_s": round(load_s, 2), "process_memory_mb": round(rss / 2**20, 1), "items": len(coll.index)}
+    out = {"load_from_redis_s": round(load_s, 2), "process_memory_mb": round(rss / 2**20, 1), "items": len(coll.index),
+           "requests": requests, "requests_per_s": round(requests / wall, 1),
+           "loadavg_before": [round(x, 2) for x in load_before], "loadavg_after": [round(x, 2) for x in load_after]}
     for tag, lat in latencies.items():
         out[f"{tag}_p50_ms"] = round(float(np.percentile(lat, 50)), 1)
         out[f"{tag}_p99_ms"] = round(float(np.percentile(lat, 99)), 1)
+    out.update(_pass_floor(coll.index, info["dim"], rng))
+    return out
+
+
+def _pass_floor(index, dim: int, rng, repeats: int = 7) -> dict:
+    """Median ms of one search pass (`ExactIndex.search`, 1 and 4 queries) and of the bare matrix product
+    under a float32 pass (`matrix @ q`: reads the whole matrix once; no search can do less)."""
+    from service.vector_index import Query
+
+    view = index.snapshot()
+    out = {}
+    for batch in (1, 4):
+        q = rng.standard_normal((batch, dim), dtype=np.float32)
+        q /= np.linalg.norm(q, axis=1, keepdims=True)
+        queries = [Query(v, 10) for v in q]
+        times, bare = [], []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            index.search(queries, view)
+            times.append((time.perf_counter() - started) * 1000)
+            if view.vectors.dtype == np.float32:
+                started = time.perf_counter()
+                view.vectors[: view.size] @ q.T
+                bare.append((time.perf_counter() - started) * 1000)
+        out[f"pass_{batch}q_ms"] = round(float(np.median(times)), 1)
+        if bare:
+            out[f"matrix_product_{batch}q_ms"] = round(float(np.median(bare)), 1)
     return out
 
 
 def measure_in_process(n: int, dtype: str, info: dict, workdir: Path, requests: int, concurrency: int) -> dict:
     redis = RedisServer(workdir / f"redis-{n}-{dtype}").start()
     try:
-        fill_s = asyncio.run(fill(redis.url, info["model"], info["fingerprint"], info["dim"], n))
+        fill_s = asyncio.run(fill(redis.url, info["model"], info["fingerprint"], info["dim"], n, bulk=True))
         redis_mem = int(redis.client().info("memory")["used_memory"])
         point = asyncio.run(_in_process(redis.url, info, n, dtype, requests, concurrency))
-        return {"n": n, "dtype": dtype, "mode": "in-process", "fill_s": round(fill_s, 1), "redis_used_memory_mb": round(redis_mem / 2**20, 1),
+        return {"n": n, "dtype": dtype, "mode": "in-process", "bulk_fill_s": round(fill_s, 1), "redis_used_memory_mb": round(redis_mem / 2**20, 1),
                 "matrix_mb": round(n * info["dim"] * (2 if dtype == "float16" else 4) / 2**20, 1), "concurrency": concurrency, **point}
     finally:
         redis.stop()
@@ -201,7 +251,8 @@ def plot(points: list[dict], path: Path) -> None:
         b.plot(ns, [p.get("rss_over_empty_mb", p.get("process_memory_mb")) for p in pts], "o-", label=f"replica memory {dtype}")
     a.axhline(150, color="grey", lw=0.8, ls=":", label="150 ms target")
     b.axhline(2048, color="grey", lw=0.8, ls=":", label="2 GB target")
-    for ax, title in ((a, f"latency at concurrency {points[0]['concurrency']} (ms)"), (b, "server memory over an empty one (MB)")):
+    memory = "process memory growth (MB)" if points[0].get("mode") == "in-process" else "server memory over an empty one (MB)"
+    for ax, title in ((a, f"latency at concurrency {points[0]['concurrency']} (ms)"), (b, memory)):
         ax.set_xscale("log")
         ax.set_xlabel("vectors in the collection")
         ax.set_title(title)
@@ -233,7 +284,8 @@ def main(argv=None) -> int:
                     point = measure_in_process(n, dtype, info, Path(tmp), args.requests, args.concurrency)
                     print(json.dumps(point), flush=True)
                     points.append(point)
-        result = {"command": "nice -n 10 .venv/bin/python -m bench.collection_scale " + " ".join(sys.argv[1:] if argv is None else argv), "mode": "in-process",
+        result = {"command": f"nice -n {os.nice(0)} .venv/bin/python -m bench.collection_scale " + " ".join(sys.argv[1:] if argv is None else argv),
+                  "mode": "in-process", "uptime": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),
                   "dim": args.dim, "points": points}
         (out / "scale_in_process.json").write_text(json.dumps(result, indent=1))
         plot(points, out / "scale_in_process.png")

@@ -11,7 +11,7 @@ One redis-server (AOF) and one `pcclip serve` on 127.0.0.1, the CUB test photos 
    classes' size score, beside the Spearman of the /v1/rank scores, and whether the orders agree;
 4. the server restarted: the collection is all there (count, same ranking), and its load time.
 
-    nice -n 10 .venv/bin/python -m bench.collection_service [--limit N]
+    .venv/bin/python -m bench.collection_service [--limit N]     # at nice 0: the ingest ratio is a speed figure
 
 Writes docs/results/collections/service.json.
 """
@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -57,9 +58,10 @@ def main(argv=None) -> int:
     sizes = np.array([size_score(table, im.class_name) for im in photos])
     files = [root / im.path for im in photos]  # im.path: cub100/images/<Class>/NNNN.jpg
     ids = [Path(im.path).relative_to("cub100/images").as_posix() for im in photos]
-    result = {"command": "nice -n 10 .venv/bin/python -m bench.collection_service " + " ".join(sys.argv[1:] if argv is None else argv),
+    result = {"command": f"nice -n {os.nice(0)} .venv/bin/python -m bench.collection_service " + " ".join(sys.argv[1:] if argv is None else argv),
               "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO_ROOT).stdout.strip(),
-              "photos": len(photos), "batch": args.batch, "concurrency": args.concurrency}
+              "photos": len(photos), "batch": args.batch, "concurrency": args.concurrency, "nice": os.nice(0),
+              "uptime_start": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()}
     with tempfile.TemporaryDirectory(prefix="pcclip-coll-") as tmp:
         tmp = Path(tmp)
         redis = RedisServer(tmp / "redis").start()
@@ -79,12 +81,12 @@ def main(argv=None) -> int:
                     return rows, r.json()["ranking"]
 
                 scores = np.zeros(len(photos))
-                started = time.perf_counter()
+                t0 = time.perf_counter()
                 with ThreadPoolExecutor(args.concurrency) as pool:
                     for rows, ranking in pool.map(rank_chunk, chunks):
                         for item in ranking:
                             scores[rows[item["index"]]] = item["score"]
-                embed_s = time.perf_counter() - started
+                embed_s = time.perf_counter() - t0
                 result["service_rank_photos_per_s"] = round(len(photos) / embed_s, 2)
                 # 2. pcclip index of the same photos
                 manifest = tmp / "manifest.jsonl"
@@ -92,9 +94,9 @@ def main(argv=None) -> int:
                                             for f, i, im in zip(files, ids, photos)))
                 cmd = [sys.executable, "-m", "pcclip", "index", "cub-test", str(manifest), "--url", server.base_url,
                        "--batch-size", str(args.batch), "--concurrency", str(args.concurrency)]
-                started = time.perf_counter()
+                t0 = time.perf_counter()
                 run = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO_ROOT)
-                index_wall_s = time.perf_counter() - started
+                index_wall_s = time.perf_counter() - t0
                 summary = json.loads(run.stdout.strip().splitlines()[-1])
                 result["index"] = summary | {"wall_s_with_start_up": round(index_wall_s, 2)}
                 result["index_photos_per_s"] = summary["images_per_s"]
@@ -109,6 +111,7 @@ def main(argv=None) -> int:
                 result["max_abs_score_difference"] = float(np.abs(cs - scores).max())
                 result["same_order"] = [h["id"] for h in ranked] == direct_order
                 result["order_spearman_between_the_two"] = round(float(spearmanr(cs, scores).statistic), 6)
+                print(json.dumps(result), flush=True)  # steps 1-3, should the restart fail
             finally:
                 server.stop()
             # 4. restart
@@ -121,6 +124,7 @@ def main(argv=None) -> int:
                                            "same_ranking": [h["id"] for h in again] == [h["id"] for h in ranked]}
         finally:
             redis.stop()
+    result["uptime_end"] = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))

@@ -1,8 +1,8 @@
 """Search backends of collections: the `VectorIndex` interface and `ExactIndex`, exact in-process search.
 
-`ExactIndex` keeps a collection's normalised vectors in one matrix (float32 or float16) and scores
-a batch of queries with one pass over it: `scores = M @ Q.T`, chunk by chunk, keeping the top k
-per query. Exact (no approximation); the cost is linear in the collection (docs/collections.md has
+`ExactIndex` keeps a collection's normalised vectors in one contiguous matrix (float32 or float16)
+and scores a batch of queries with one pass over it: `scores = M @ Q.T` (one BLAS product for
+float32), then the top k per query by a block-maximum threshold (`top_k_rows`). Exact (no approximation); the cost is linear in the collection (docs/collections.md has
 the latency and memory at 10k, 100k and 1M vectors). A vector database (for example Qdrant, see
 the docs) can take over behind the same interface when a collection outgrows one machine.
 
@@ -219,35 +219,64 @@ class ExactIndex:
         n = view.size
         if not queries:
             return []
-        q = np.stack([np.asarray(x.vector, np.float32) for x in queries]).T  # [D, B]
-        best_rows = [np.zeros(0, np.int64) for _ in queries]
-        best_scores = [np.zeros(0, np.float32) for _ in queries]
-        any_dead = not bool(view.alive[:n].all()) if n else False
-        for start in range(0, n, SCORE_CHUNK_ROWS):
-            stop = min(n, start + SCORE_CHUNK_ROWS)
-            block = view.vectors[start:stop]
-            scores = (block if block.dtype == np.float32 else block.astype(np.float32)) @ q  # [rows, B]
-            if any_dead:
-                scores[~view.alive[start:stop]] = -np.inf
-            for j, query in enumerate(queries):
-                s = scores[:, j]
-                if query.allowed is not None or query.excluded_rows:
-                    s = s.copy()
-                    if query.allowed is not None:
-                        s[~query.allowed[start:stop]] = -np.inf
-                    for r in query.excluded_rows:
-                        if start <= r < stop:
-                            s[r - start] = -np.inf
-                k = min(query.k, len(s))
-                top = np.argpartition(-s, k - 1)[:k] if k < len(s) else np.arange(len(s))
-                rows = np.concatenate([best_rows[j], top + start])
-                vals = np.concatenate([best_scores[j], s[top]])
-                if len(rows) > query.k:
-                    keep = np.argpartition(-vals, query.k - 1)[: query.k]
-                    rows, vals = rows[keep], vals[keep]
-                best_rows[j], best_scores[j] = rows, vals
+        scores = self.scores(np.stack([np.asarray(x.vector, np.float32) for x in queries]), view)  # [B, n]
+        if n and not view.alive[:n].all():
+            scores[:, ~view.alive[:n]] = -np.inf
         results = []
-        for rows, vals in zip(best_rows, best_scores):
+        for s, query in zip(scores, queries):
+            if query.allowed is not None:
+                s[~query.allowed[:n]] = -np.inf
+            s[[r for r in query.excluded_rows if 0 <= r < n]] = -np.inf
+            rows = top_k_rows(s, query.k)
+            vals = s[rows]
             order = np.lexsort((rows, -vals))  # highest score first, ties by insertion order
             results.append([Hit(view.ids[rows[i]], float(vals[i]), view.metadata[rows[i]]) for i in order if np.isfinite(vals[i])])
         return results
+
+    def scores(self, queries: np.ndarray, view: _View | None = None) -> np.ndarray:
+        """Cosine of every row of the view with every query: float32 [B, rows], a new array.
+
+        float32: one BLAS product over the matrix as it is stored (rows < size are one contiguous
+        block, no copy). float16: numpy has no float16 BLAS, so chunks of SCORE_CHUNK_ROWS rows are
+        widened into one reused float32 buffer first (half the memory, slower).
+        """
+        view = view or self._view
+        n = view.size
+        q = np.ascontiguousarray(queries, np.float32).T  # [D, B]
+        matrix = view.vectors[:n]
+        if matrix.dtype == np.float32:
+            return np.ascontiguousarray((matrix @ q).T)
+        out = np.empty((n, q.shape[1]), np.float32)
+        buffer = np.empty((min(n, SCORE_CHUNK_ROWS), self.dim), np.float32)
+        for start in range(0, n, SCORE_CHUNK_ROWS):
+            stop = min(n, start + SCORE_CHUNK_ROWS)
+            wide = buffer[: stop - start]
+            np.copyto(wide, matrix[start:stop])
+            np.matmul(wide, q, out=out[start:stop])
+        return np.ascontiguousarray(out.T)
+
+
+TOP_K_BLOCK = 1024
+
+
+def top_k_rows(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k largest scores (any order; ties at the k-th value: any of them).
+
+    For long score vectors: the k-th largest of the maxima of blocks of TOP_K_BLOCK scores is a
+    lower bound of the k-th largest score (k blocks each hold a score at least that high), so only
+    the scores at or above it are candidates: two cheap passes instead of a selection over all.
+    """
+    n = len(scores)
+    k = min(k, n)
+    if k <= 0:
+        return np.zeros(0, np.int64)
+    if k == n:
+        return np.arange(n)
+    blocks = n // TOP_K_BLOCK
+    if blocks >= 4 * k:
+        threshold = np.partition(scores[: blocks * TOP_K_BLOCK].reshape(blocks, TOP_K_BLOCK).max(axis=1), blocks - k)[blocks - k]
+        candidates = np.flatnonzero(scores >= threshold)
+        if len(candidates) <= k:
+            return candidates
+        return candidates[np.argpartition(-scores[candidates], k - 1)[:k]]
+    return np.argpartition(-scores, k - 1)[:k]

@@ -85,6 +85,22 @@ def test_search_is_the_composed_query_and_leaves_out_the_reference(filled, photo
     assert [h["id"] for h in filtered["results"]] == [ids[1]]
 
 
+def test_a_modifier_without_a_weight_steps_by_the_default_chosen_on_validation(filled, photo_b64, cub_photos):
+    from bench.collection_quality import OUT as QUALITY
+    from service.schemas import DEFAULT_MODIFIER_WEIGHT
+
+    assert DEFAULT_MODIFIER_WEIGHT == json.loads(QUALITY.read_text())["chosen_weight"]  # the figure in docs/collections.md
+    client = filled
+    ids = [f"{p.parent.name}/{p.name}" for p in cub_photos]
+    images = np.array(client.post("/v1/embed", json={"images": photo_b64}).json()["image_embeddings"])
+    text = np.array(client.post("/v1/embed", json={"texts": ["a smaller bird"]}).json()["text_embeddings"])
+    hits = client.post("/v1/collections/birds/search", json={"item_id": ids[1], "modifiers": [{"text": "a smaller bird"}]}).json()["results"]
+    scores = images @ composed_query(images[1], text, [DEFAULT_MODIFIER_WEIGHT])
+    expected = [i for i in np.argsort(-scores) if i != 1]
+    assert [h["id"] for h in hits] == [ids[i] for i in expected]
+    np.testing.assert_allclose([h["score"] for h in hits], scores[expected], atol=1e-4)
+
+
 def test_multipart_add_with_ids_and_metadata(client, photo_bytes):
     client.put("/v1/collections/mp")
     files = [("images", (f"p{i}.jpg", b, "image/jpeg")) for i, b in enumerate(photo_bytes[:3])]

@@ -87,3 +87,54 @@ def test_a_search_on_a_snapshot_is_not_disturbed_by_later_writes():
 def test_bad_dtype_is_refused():
     with pytest.raises(ValueError):
         ExactIndex(8, "int8")
+
+
+@pytest.mark.parametrize("k", [1, 10, 40])
+def test_top_k_rows_matches_a_full_sort_on_long_vectors_with_ties_and_masked_rows(k):
+    from service.vector_index import TOP_K_BLOCK, top_k_rows
+
+    n = 4 * 40 * TOP_K_BLOCK + 123  # long enough for the block-maximum threshold, with a partial last block
+    scores = np.round(rng.normal(size=n), 2).astype(np.float32)  # many ties
+    scores[rng.random(n) < 0.3] = -np.inf
+    scores[-5:] = 9.0  # the best ones in the partial last block
+    rows = top_k_rows(scores, k)
+    assert len(rows) == k == len(set(rows.tolist()))
+    kth = np.sort(scores)[-k]
+    assert np.all(scores[rows] >= kth) and np.sum(scores > kth) <= k
+
+
+def test_top_k_rows_when_almost_everything_is_masked():
+    from service.vector_index import top_k_rows
+
+    scores = np.full(300_000, -np.inf, np.float32)
+    scores[[7, 299_999]] = [0.5, 0.1]
+    assert {7, 299_999} <= set(top_k_rows(scores, 10).tolist())
+    assert set(top_k_rows(scores, 2).tolist()) == {7, 299_999}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_search_of_a_large_index_with_filters_exclusions_and_dead_rows_matches_brute_force(dtype, monkeypatch):
+    monkeypatch.setattr("service.vector_index.SCORE_CHUNK_ROWS", 5000)  # float16: several chunks
+    n, dim = 60_000, 16
+    vectors = normalize(rng.normal(size=(n, dim))).astype(np.float32)
+    metadata = [{"even": i % 2 == 0} for i in range(n)]
+    index = ExactIndex(dim, dtype, capacity=n)
+    ids = [f"v{i}" for i in range(n)]
+    index.upsert(ids, vectors, metadata)
+    index.remove([f"v{i}" for i in range(0, 600, 3)], compact=False)  # dead rows stay in the matrix
+    stored = vectors.astype(dtype).astype(np.float32)
+    view = index.snapshot()
+    allowed = index.filter_mask({"even": True})
+    queries = normalize(rng.normal(size=(3, dim))).astype(np.float32)
+    excluded = (index.row_of("v2"), index.row_of("v4"))
+    hits = index.search([Query(queries[0], 20), Query(queries[1], 20, allowed, excluded), Query(queries[2], 5, None, excluded)], view)
+    alive = np.ones(n, bool)
+    alive[np.arange(0, 600, 3)] = False
+    for q, found, mask, skip in ((queries[0], hits[0], alive, ()), (queries[1], hits[1], alive & (np.arange(n) % 2 == 0), excluded),
+                                 (queries[2], hits[2], alive, excluded)):
+        scores = (stored @ q).astype(np.float64)
+        scores[~mask] = -np.inf
+        scores[list(skip)] = -np.inf
+        expected = np.argsort(-scores, kind="stable")[: len(found)]
+        assert [h.id for h in found] == [ids[i] for i in expected]
+        np.testing.assert_allclose([h.score for h in found], scores[expected], atol=1e-4)
