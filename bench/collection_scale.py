@@ -248,12 +248,15 @@ def plot(points: list[dict], path: Path) -> None:
         ns = [p["n"] for p in pts]
         a.plot(ns, [p["rank_p99_ms"] for p in pts], "o-", label=f"rank p99 {dtype}")
         a.plot(ns, [p["search_p99_ms"] for p in pts], "s--", label=f"search p99 {dtype}")
+        if all("pass_1q_ms" in p for p in pts):
+            a.plot(ns, [p["pass_1q_ms"] for p in pts], "^:", label=f"one pass, 1 query {dtype}")
         b.plot(ns, [p.get("rss_over_empty_mb", p.get("process_memory_mb")) for p in pts], "o-", label=f"replica memory {dtype}")
     a.axhline(150, color="grey", lw=0.8, ls=":", label="150 ms target")
     b.axhline(2048, color="grey", lw=0.8, ls=":", label="2 GB target")
     memory = "process memory growth (MB)" if points[0].get("mode") == "in-process" else "server memory over an empty one (MB)"
     for ax, title in ((a, f"latency at concurrency {points[0]['concurrency']} (ms)"), (b, memory)):
         ax.set_xscale("log")
+        ax.set_yscale("log")
         ax.set_xlabel("vectors in the collection")
         ax.set_title(title)
         ax.legend(fontsize=7)
@@ -272,24 +275,25 @@ def main(argv=None) -> int:
     parser.add_argument("--in-process", action="store_true",
                         help="no HTTP server and no model: the registry's load and search in this process (random query vectors)")
     parser.add_argument("--dim", type=int, default=384, help="with --in-process: vector size")
+    parser.add_argument("--add", action="store_true", help="with --in-process: add (or replace) these points in the existing JSON and plot")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.in_process:
         info = {"model": "synthetic", "fingerprint": "0", "dim": args.dim}
-        points = []
+        path = out / "scale_in_process.json"
+        result = json.loads(path.read_text()) if args.add and path.exists() else {"mode": "in-process", "dim": args.dim, "runs": [], "points": []}
+        result["runs"].append({"command": f"nice -n {os.nice(0)} .venv/bin/python -m bench.collection_scale " + " ".join(sys.argv[1:] if argv is None else argv),
+                               "uptime": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()})
         with tempfile.TemporaryDirectory(prefix="pcclip-scale-") as tmp:
             for n in args.sizes:
                 for dtype in args.dtypes:
                     point = measure_in_process(n, dtype, info, Path(tmp), args.requests, args.concurrency)
                     print(json.dumps(point), flush=True)
-                    points.append(point)
-        result = {"command": f"nice -n {os.nice(0)} .venv/bin/python -m bench.collection_scale " + " ".join(sys.argv[1:] if argv is None else argv),
-                  "mode": "in-process", "uptime": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),
-                  "dim": args.dim, "points": points}
-        (out / "scale_in_process.json").write_text(json.dumps(result, indent=1))
-        plot(points, out / "scale_in_process.png")
-        print(f"wrote {out / 'scale_in_process.json'} and {out / 'scale_in_process.png'}")
+                    result["points"] = [p for p in result["points"] if (p["n"], p["dtype"]) != (n, dtype)] + [point]
+                    path.write_text(json.dumps(result, indent=1))  # after each point: a stopped run keeps what it measured
+                    plot(result["points"], out / "scale_in_process.png")
+        print(f"wrote {path} and {out / 'scale_in_process.png'}")
         return 0
     with tempfile.TemporaryDirectory(prefix="pcclip-scale-") as tmp:
         workdir = Path(tmp)
