@@ -45,6 +45,14 @@ def attribute_targets(table, classes: list[str]) -> tuple[list[str], np.ndarray]
     return columns + ["size", "bill length"], np.nan_to_num(np.array(out, dtype=np.float64))
 
 
+def table_targets(table, classes: list[str]) -> tuple[list[str], np.ndarray]:
+    """The regression targets of each class for a table without ordinal scores (AwA2): every
+    column's strength, a missing value as 0."""
+    columns = sorted(table.row(classes[0]).keys())
+    rows = [[table.row(c)[x] for x in columns] for c in classes]
+    return columns, np.nan_to_num(np.array(rows, dtype=np.float64))
+
+
 class AttributeProbe:
     """Linear attribute probe on image embeddings, and the direction in embedding space of each fact.
 
@@ -55,10 +63,11 @@ class AttributeProbe:
     `direction . (g(I1) - g(I2)) > 0` is the probe's prediction that the fact holds for (I1, I2).
     """
 
-    def __init__(self, table, embeddings: np.ndarray, classes: list[str], ridge: float = 1.0):
+    def __init__(self, table, embeddings: np.ndarray, classes: list[str], ridge: float = 1.0,
+                 targets=attribute_targets):
         from sklearn.linear_model import Ridge
 
-        self.columns, rows = attribute_targets(table, sorted(set(classes)))
+        self.columns, rows = targets(table, sorted(set(classes)))
         index = {c: i for i, c in enumerate(sorted(set(classes)))}
         fit = Ridge(alpha=ridge).fit(embeddings, rows[[index[c] for c in classes]])
         self.weights = fit.coef_  # [columns, D]
@@ -68,7 +77,9 @@ class AttributeProbe:
         """Unit vector of a fact (see `fact_key`) in image-embedding space."""
         kind, attributes, sign, other = fact
         w, i = self.weights, self.index
-        if kind == "size":
+        if kind == "size" and "size" not in i:  # a table without a size score (AwA2: big vs small)
+            v = sign * (w[i[attributes[0]]] - w[i[attributes[1]]])
+        elif kind == "size":
             v = sign * w[i["size"]]
         elif kind == "bill length":
             v = sign * w[i["bill length"]]

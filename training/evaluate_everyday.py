@@ -1,7 +1,10 @@
 """Evaluation on everyday photos: held-out ImageNet classes, COCO val2017, held-out AwA2 animals.
 
 - zero-shot on held-out ImageNet classes: the sample photo of each of the 200 classes no training
-  sees, all 200 names as candidates (prompts `EVERYDAY_TEMPLATES`); top-1;
+  sees, all 200 names as candidates (prompts `EVERYDAY_TEMPLATES`); top-1. Also "described": each
+  class's prompt ensemble plus two WordNet description prompts (`described_prompts`: its parent
+  concept, its gloss); that ensemble was chosen on validation (100 seen classes treated as unseen,
+  see `scripts/experiments/README.md`), not on these photos;
 - COCO val2017 (never trained on): the photos with instance annotations, the 80 COCO category
   names as candidates; right when the top label is one of the photo's annotated categories;
 - animals: photos of the held-out AwA2 animals (their ImageNet sample photos). Difference
@@ -34,6 +37,7 @@ ANIMAL_SIZE_TEXT = "a larger animal"
 class EverydaySetup:
     imagenet_paths: list[str]
     imagenet_labels: list[str]  # readable names, in the order of the paths (one photo per class)
+    imagenet_descriptions: list[list[str]]  # `described_prompts` of each class
     coco_paths: list[str]
     coco_categories: list[list[str]]
     coco_names: list[str]
@@ -55,6 +59,7 @@ def build_everyday_setup(root: Path) -> EverydaySetup:
     awa2 = load_awa2_imagenet()
     animals = [(classes[i].image, a) for a in load_awa2_heldout() for i in awa2[a]]
     return EverydaySetup([classes[i].image for i in held], [classes[i].label for i in held],
+                         [described_prompts(classes[i]) for i in held],
                          [p for p, _ in coco], [c for _, c in coco], coco_category_names(root),
                          [p for p, _ in animals], [a for _, a in animals], AttributeTable.from_awa2(root))
 
@@ -64,9 +69,20 @@ def class_embeddings(model: EmbeddedModel, names: Sequence[str], templates: Sequ
     return dm.class_embeddings(names, model.encode_texts, templates)
 
 
-def imagenet_heldout_top1(model: EmbeddedModel, setup: EverydaySetup) -> float:
-    """Top-1 of the held-out classes' photos among all held-out names."""
-    logits = model.image_matrix(setup.imagenet_paths) @ class_embeddings(model, setup.imagenet_labels).T
+def described_prompts(c) -> list[str]:
+    """Two prompts that describe an ImageNet class with WordNet: its parent concept and its gloss."""
+    return [f"a photo of a {c.label}, a kind of {c.parent}.", f"a photo of a {c.label}, {c.gloss}."]
+
+
+def imagenet_heldout_top1(model: EmbeddedModel, setup: EverydaySetup, described: bool = False) -> float:
+    """Top-1 of the held-out classes' photos among all held-out names; `described`: each class
+    embedding is n(template ensemble + sum of its normalised description prompts)."""
+    emb = class_embeddings(model, setup.imagenet_labels)
+    if described:
+        n = len(setup.imagenet_descriptions[0])
+        desc = model.encode_texts([t for d in setup.imagenet_descriptions for t in d])
+        emb = dm.normalize(emb + desc.reshape(len(emb), n, -1).sum(1))
+    logits = model.image_matrix(setup.imagenet_paths) @ emb.T
     return float(np.mean(logits.argmax(1) == np.arange(len(setup.imagenet_labels))))
 
 
@@ -129,6 +145,7 @@ def evaluate_everyday(models: list[EmbeddedModel], setup: EverydaySetup, seeds: 
                           "animal_pairs": f"{seeds} seeds x {pairs_per_seed}"}}
     for m in models:
         out.setdefault("imagenet_heldout_top1", {})[m.name] = imagenet_heldout_top1(m, setup)
+        out.setdefault("imagenet_heldout_top1_described", {})[m.name] = imagenet_heldout_top1(m, setup, described=True)
         out.setdefault("coco_val_top1", {})[m.name] = coco_top1(m, setup)
         out.setdefault("animal_difference", {})[m.name] = animal_difference(m, pair_sets)
         out.setdefault("animal_size_spearman", {})[m.name] = animal_size_spearman(m, setup)

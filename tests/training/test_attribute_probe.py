@@ -58,3 +58,32 @@ def test_fact_from_a_pair_record_source_equals_the_fact_of_the_difference(writer
     for d in diffs:
         assert fact_from_source(d.source()) == fact_key(d)
     assert fact_from_source({"test": True}) is None
+
+
+def test_awa2_probe_directions_order_animal_pairs_as_the_facts_say(data_dir):
+    """The same check on the AwA2 table (no ordinal size score: size facts are big vs small)."""
+    from training.attribute_probe import AttributeProbe, fact_key, table_targets
+    from training.data import AttributeTable
+    from training.pairs.attributes import AttributeWriter
+
+    table = AttributeTable.from_awa2(data_dir)
+    writer = AttributeWriter(table, noun="animal")
+    classes = sorted(table.classes)
+    rng = np.random.default_rng(0)
+    columns, rows = table_targets(table, classes)
+    mix = rng.normal(size=(len(columns), 96)) / 10
+    photos = [(c, rows[i] @ mix + rng.normal(scale=2.0, size=96)) for i, c in enumerate(classes) for _ in range(4)]
+    probe = AttributeProbe(table, np.stack([e for _, e in photos]), [c for c, _ in photos], ridge=1.0,
+                           targets=table_targets)
+    centroid = {c: np.mean([e for k, e in photos if k == c], axis=0) for c in classes}
+    right, n = {}, {}
+    pick = random.Random(0)
+    for _ in range(100):
+        a, b = pick.sample(classes, 2)
+        for d in writer.describe(a, b):
+            v = probe.direction(fact_key(d))
+            n[d.group] = n.get(d.group, 0) + 1
+            right[d.group] = right.get(d.group, 0) + int(v @ (centroid[a] - centroid[b]) > 0)
+    assert "size" in n and sum(n.values()) > 200
+    for group in n:
+        assert right[group] / n[group] > 0.9, (group, right[group], n[group])

@@ -148,3 +148,30 @@ def test_imagenet_captions_and_coco_difference_pairs(data_dir):
         assert p["image_a"] != p["image_b"] and p["source"] == "coco"
         assert p["image_a"].startswith("coco-mini/train2017/")  # never a val2017 photo
         assert any(c.strip(" .").lower()[:20] in p["text"].lower() for c in by_path[p["image_a"]])
+
+
+def test_reevaluate_run_rewrites_the_everyday_section_and_targets(tmp_path, data_dir, monkeypatch):
+    """`pcclip reproduce --reevaluate-run`: the shipped run's weights, evaluated again, give the
+    report's own names-only figure, and the report gains the described figure and new targets."""
+    import json
+    import shutil
+
+    from training.default_model import REPO, reevaluate_everyday
+
+    monkeypatch.setenv("PCCLIP_CACHE", str(tmp_path / "cache"))
+    shipped = json.loads((REPO / "docs" / "results" / "default_model_report.json").read_text())
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("pcclip-mini-base.safetensors", "pcclip-mini.safetensors"):
+        shutil.copy(REPO / "models" / "weights" / name, run / name)
+    report = dict(shipped, config=dict(shipped["config"], data=str(data_dir), seeds=1, pairs_per_seed=20))
+    report["everyday"] = {k: v for k, v in report["everyday"].items() if k != "imagenet_heldout_top1_described"}
+    (run / "report.json").write_text(json.dumps(report))
+    out = reevaluate_everyday(run)
+    e = out["everyday"]
+    assert e["imagenet_heldout_top1"] == shipped["everyday"]["imagenet_heldout_top1"]
+    assert set(e["imagenet_heldout_top1_described"]) == {"base", "pcclip"}
+    assert e["data"]["animal_pairs"] == "1 seeds x 20"
+    assert "described" in out["targets"][0]["figure"]
+    assert json.loads((run / "report.json").read_text())["targets"] == out["targets"]
+    assert "described" in (run / "results.md").read_text() and "--reevaluate-run" in (run / "results.md").read_text()

@@ -100,7 +100,7 @@ def test_pcclip_eval_smoke_run_writes_report_and_plots(tmp_path, data_dir):
     everyday = build_everyday_setup(data_dir)
     e = report["everyday"]
     assert e["data"]["imagenet_heldout_photos"] == 200 and e["data"]["coco_val_photos"] == 79
-    for key in ("imagenet_heldout_top1", "coco_val_top1"):
+    for key in ("imagenet_heldout_top1", "imagenet_heldout_top1_described", "coco_val_top1"):
         assert set(e[key]) == {"base", "pcclip"} and all(0.0 <= v <= 1.0 for v in e[key].values())
     # one image tower -> one cache entry holding the 16 CUB test photos and the everyday photos
     cached = list((tmp_path / "cache").rglob("features.pt"))

@@ -47,3 +47,31 @@ def test_coco_val_categories(data_dir):
     names = everyday.coco_category_names(data_dir)
     assert len(names) == 80 and len(photos) == 79
     assert all(p.startswith("coco-mini/val2017/") and cats and set(cats) <= set(names) for p, cats in photos)
+
+
+def test_described_prompts_break_ties_between_names():
+    """Two classes whose names embed alike, told apart by their WordNet descriptions: names alone
+    get one photo right, the described ensemble both."""
+    import numpy as np
+
+    from training.evaluate import EmbeddedModel
+    from training.evaluate_everyday import EverydaySetup, described_prompts, imagenet_heldout_top1
+    from training.everyday import ImageNetClass
+
+    a = ImageNetClass(0, "n0", "hound", (), "dog", "a dog with a red coat", "a.jpg")
+    b = ImageNetClass(1, "n1", "hound dog", (), "dog", "a dog with a blue coat", "b.jpg")
+    axis = {"red": np.array([1.0, 0, 0]), "blue": np.array([0, 1.0, 0])}
+
+    def encode(texts):
+        out = []
+        for t in texts:  # every text is mostly the shared "dog" direction; a coat colour tips it
+            v = np.array([0, 0, 1.0]) + sum(0.5 * axis[k] for k in axis if k in t)
+            out.append(v / np.linalg.norm(v))
+        return np.stack(out)
+
+    images = {"a.jpg": np.array([0.8, 0, 0.6]), "b.jpg": np.array([0, 0.8, 0.6])}
+    model = EmbeddedModel("toy", "toy", None, encode, images)
+    setup = EverydaySetup(["a.jpg", "b.jpg"], [a.label, b.label], [described_prompts(a), described_prompts(b)],
+                          [], [], [], [], [], None)
+    assert imagenet_heldout_top1(model, setup) == 0.5
+    assert imagenet_heldout_top1(model, setup, described=True) == 1.0
