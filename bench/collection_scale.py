@@ -157,7 +157,7 @@ async def _in_process(redis_url: str, info: dict, n: int, dtype: str, requests: 
     registry = CollectionRegistry(stores, info["model"], info["fingerprint"], metrics, dtype=dtype)
     load_s = await registry.start()
     rss = psutil.Process().memory_info().rss - rss_before
-    coll = registry.cache["synthetic"]
+    coll = registry.cache.cached("synthetic")
     rng = np.random.default_rng(seed)
     texts = rng.standard_normal((len(ATTRIBUTES), info["dim"]), dtype=np.float32)
     latencies: dict[str, list[float]] = {"rank": [], "search": []}

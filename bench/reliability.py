@@ -1,8 +1,9 @@
 """Ordinary requests while maximal ones run or are abandoned, and the memory of the worst allowed request.
 
-    .venv/bin/python -m bench.reliability [--probes 60] [--heavy 4]
+    .venv/bin/python -m bench.reliability [--probes 60] [--heavy 4] [--bundle DIR]
 
-One `pcclip serve` (default limits) and a Redis on 127.0.0.1. `/v1/embeddings` with one short,
+One `pcclip serve` (default limits; the default model's bundle from the bundle cache, as
+`pcclip serve` serves it, unless `--bundle` names one) and a Redis on 127.0.0.1. `/v1/embeddings` with one short,
 never-repeated text is the probe, sent one at a time:
 1. idle: `--probes` probes on an idle server;
 2. running: `--heavy` maximal class sets at once (PUT of classes x templates = the default
@@ -100,14 +101,16 @@ def main(argv=None) -> int:
     parser = bench_parser(__doc__, requests=60, concurrency=1)
     parser.add_argument("--probes", type=int, default=60)
     parser.add_argument("--heavy", type=int, default=4)
+    parser.add_argument("--heavy-timeout-s", type=float, default=900.0, help="the waiting heavy clients give up after this")
+    parser.set_defaults(bundle=None)  # None: `pcclip serve`'s own default model
     args = parser.parse_args(argv)
-    bundle = ensure_bundle(args.bundle)
+    model = ensure_bundle(args.bundle) if args.bundle else None
     out: dict = {"machine_before": machine_note()}
     statuses: dict = {}
     with tempfile.TemporaryDirectory(prefix="pcclip-reliability-") as tmp:
         redis = RedisServer(Path(tmp) / "redis").start()
         try:
-            with ServeProcess(bundle, redis.url, Path(tmp) / "serve.log") as server, \
+            with ServeProcess(model, redis.url, Path(tmp) / "serve.log") as server, \
                     httpx.Client(base_url=server.base_url, timeout=120) as http:
                 probe(http, "warm", 10)
                 idle = probe(http, "idle", args.probes)
@@ -122,7 +125,7 @@ def main(argv=None) -> int:
                         statuses["client gave up"] = statuses.get("client gave up", 0) + 1
 
                 # running: the heavy clients wait; probes while at least one still runs
-                threads = [threading.Thread(target=heavy, args=(i, 3600.0)) for i in range(args.heavy)]
+                threads = [threading.Thread(target=heavy, args=(i, args.heavy_timeout_s)) for i in range(args.heavy)]
                 started = time.perf_counter()
                 for t in threads:
                     t.start()

@@ -8,8 +8,10 @@ once the first arrives), runs the tower on one thread reserved for
 that tower, and hands each request its rows. The queue is bounded: a request that would push it
 past `queue_limit` items is refused at once with `QueueFull` (the app answers 503 + Retry-After).
 Bulk work (`submit(..., bulk=True)`: the pieces of a class set being built) waits in a second
-queue that is served only when the first is empty, so it never delays an ordinary request by more
-than the one bulk batch already running. A request whose caller was cancelled is skipped.
+queue that is served only when the first is empty; a batch holds either ordinary work or at most
+`max_bulk_items` items of bulk work, so bulk work never delays an ordinary request by more than
+one small bulk batch, and never rides along in its tower call. A request whose caller was
+cancelled is skipped.
 """
 
 from __future__ import annotations
@@ -59,8 +61,10 @@ class TowerBatcher:
         metrics: ServiceMetrics | None = None,
         cost: Callable[[np.ndarray], int] | None = None,
         max_batch_cost: int | None = None,
+        max_bulk_items: int | None = None,
     ):
         self.tower = tower
+        self.max_bulk_items = int(max_bulk_items) if max_bulk_items else None
         self.run = run
         self.max_batch_size = int(max_batch_size)
         self.cost = cost
@@ -133,10 +137,15 @@ class TowerBatcher:
         return items <= self.max_batch_size and (self.max_batch_cost is None or cost <= self.max_batch_cost)
 
     def _take_batch(self) -> list[_Pending]:
-        """The waiting requests, ordinary ones first, first come first, while they fit (the first one always does)."""
+        """The waiting ordinary requests, first come first, while they fit (the first one always does);
+        with none waiting, bulk ones the same way, at most `max_bulk_items` items of them."""
         batch, size, cost = [], 0, 0
         for queue in (self._queue, self._bulk):
+            if batch:  # ordinary work runs without bulk work in its tower call
+                break
             while queue and (not batch or self._fits(size + len(queue[0].inputs), cost + queue[0].cost)):
+                if queue is self._bulk and batch and self.max_bulk_items and size + len(queue[0].inputs) > self.max_bulk_items:
+                    break
                 item = queue.popleft()
                 self._pending_items -= len(item.inputs)
                 self._pending_cost -= item.cost

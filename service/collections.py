@@ -1,23 +1,29 @@
 """Collections: named sets of embedded items (id, vector, JSON metadata) in Redis, searched in process.
 
 Redis is the source of truth, shared by every replica; each replica keeps an `ExactIndex` (the
-matrix) per collection and keeps it in step through a per-collection change log:
+matrix) per collection, kept coherent by `service.coherence` (the class stores' mechanism, in its
+own namespace):
 
-    pcclip:coll:{model}:{fingerprint}:{name}:meta   hash: uid, name, dim, created_at, description, seq
-    pcclip:coll:{model}:{fingerprint}:{name}:vec    hash: item id -> float32 vector bytes
-    pcclip:coll:{model}:{fingerprint}:{name}:md     hash: item id -> metadata JSON (items with metadata)
-    pcclip:coll:{model}:{fingerprint}:{name}:log    stream: one entry per write {seq, ids}
-    pcclip:collections:{model}:{fingerprint}        set of collection names
+    pcclip:coll:{model}:{fingerprint}:{name}:meta             hash: uid, name, dim, created_at, description
+    pcclip:coll:{model}:{fingerprint}:{name}:vec              hash: item id -> float32 vector bytes
+    pcclip:coll:{model}:{fingerprint}:{name}:md               hash: item id -> metadata JSON (items with metadata)
+    pcclip:collections:{model}:{fingerprint}:generations      the names, each with its generation
+    pcclip:collections:{model}:{fingerprint}:{clock,epoch}    the namespace's write clock and epoch
+    pcclip:collections:{model}:{fingerprint}:changes:{name}   stream: one entry per write {gen, prev, changed ids}
 
-Every write is one Lua script (atomic; persisted by Redis's AOF): it changes the hashes, bumps
-`seq` and appends the ids it touched to the log. Every read first asks Redis for (uid, seq), one
-round trip: same seq -> the cache is current; larger -> the replica reads the new log entries and
-re-reads just those ids (`HMGET`); a gap in the log (trimmed) or another uid (the collection was
-deleted and made again) -> full reload. So a replica sees another's writes on its next request.
+Every write is one Lua script (atomic; persisted by Redis's AOF) made by
+`coherence.versioned_script`: it changes the hashes, moves the collection's generation and appends
+the ids it touched to the change log. Every read first checks (epoch, clock), one round trip
+(`sync_interval_s` 0: a replica sees another's writes on its next request): unchanged -> the
+replica's copy is current; moved -> the generations tell which collections changed, and a changed
+one re-reads just the ids its log names (`HMGET`); a gap in the log (trimmed, or the collection
+deleted and made again) or another epoch (Redis came back empty) -> it is reloaded whole or gone.
 
-Redis down: reads are answered from the replica's cache (collections it has loaded), writes raise
+Redis down: reads are answered from the replica's copy (collections it has loaded) for at most
+`max_stale_s` after the last successful check, as for class stores; writes raise
 `CollectionUnavailable` (503) before anything is changed, so nothing is lost or half-written.
-The Redis connection and its up/down monitor are the class stores' (`StoreRegistry`).
+The Redis connection and its up/down monitor are the class stores' (`StoreRegistry`), which also
+checks this namespace on every round.
 """
 
 from __future__ import annotations
@@ -25,13 +31,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sys
 import time
 import uuid
 from dataclasses import dataclass, field
 
 import numpy as np
-from redis.exceptions import RedisError
 
+from service.coherence import REDIS_ERRORS, CoherentCache, RedisUnavailable, versioned_script
 from service.metrics import ServiceMetrics
 from service.stores import StoreRegistry, StoreUnavailable
 from service.vector_index import ExactIndex, Hit, Query, _View
@@ -40,38 +47,34 @@ log = logging.getLogger(__name__)
 
 LOAD_BATCH = 4096
 
-_CREATE = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], 'uid', ARGV[1], 'name', ARGV[2], 'dim', ARGV[3], 'created_at', ARGV[4], 'description', ARGV[5], 'seq', 0)
-redis.call('SADD', KEYS[2], ARGV[2])
-return 1
-"""
+# K: meta. A: uid, name, dim, created_at, description
+_CREATE = versioned_script("""
+if redis.call('EXISTS', K[1]) == 1 then return 0, false end
+redis.call('HSET', K[1], 'uid', A[1], 'name', A[2], 'dim', A[3], 'created_at', A[4], 'description', A[5])
+return 1, '[]'
+""")
 
-# KEYS: meta, vec, md, log. ARGV: uid, log length, ids JSON, then (id, vector, metadata or '') per item
-_ADD = """
-if redis.call('HGET', KEYS[1], 'uid') ~= ARGV[1] then return {-1, ''} end
-for i = 4, #ARGV, 3 do
-  redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
-  if ARGV[i + 2] == '' then redis.call('HDEL', KEYS[3], ARGV[i]) else redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 2]) end
+# K: meta, vec, md. A: uid, ids JSON, then (id, vector, metadata or '') per item
+_ADD = versioned_script("""
+if redis.call('HGET', K[1], 'uid') ~= A[1] then return -1, false end
+for i = 3, #A, 3 do
+  redis.call('HSET', K[2], A[i], A[i + 1])
+  if A[i + 2] == '' then redis.call('HDEL', K[3], A[i]) else redis.call('HSET', K[3], A[i], A[i + 2]) end
 end
-local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
-local id = redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[2], '*', 'seq', seq, 'ids', ARGV[3])
-return {seq, id}
-"""
+return 1, A[2]
+""")
 
-# KEYS: meta, vec, md, log. ARGV: uid, log length, ids JSON, then the ids
-_REMOVE = """
-if redis.call('HGET', KEYS[1], 'uid') ~= ARGV[1] then return {-1, '', 0} end
+# K: meta, vec, md. A: uid, ids JSON, then the ids
+_REMOVE = versioned_script("""
+if redis.call('HGET', K[1], 'uid') ~= A[1] then return -1, false end
 local removed = 0
-for i = 4, #ARGV do
-  removed = removed + redis.call('HDEL', KEYS[2], ARGV[i])
-  redis.call('HDEL', KEYS[3], ARGV[i])
+for i = 3, #A do
+  removed = removed + redis.call('HDEL', K[2], A[i])
+  redis.call('HDEL', K[3], A[i])
 end
-if removed == 0 then return {0, '', 0} end
-local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
-local id = redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[2], '*', 'seq', seq, 'ids', ARGV[3])
-return {seq, id, removed}
-"""
+if removed == 0 then return 0, false end
+return removed, A[2]
+""")
 
 
 class CollectionUnavailable(StoreUnavailable):
@@ -92,8 +95,6 @@ class Collection:
     created_at: float
     description: str
     index: ExactIndex
-    seq: int = 0
-    log_id: str = "0-0"
     pending: list = field(default_factory=list)
     searching: bool = False
     loaded_in_s: float = 0.0
@@ -109,7 +110,7 @@ class CollectionRegistry:
     """The collections of one model (id + fingerprint): Redis storage, per-replica indexes, batched search."""
 
     def __init__(self, stores: StoreRegistry, model_id: str, fingerprint: str, metrics: ServiceMetrics,
-                 dtype: str = "float32", log_length: int = 10_000):
+                 dtype: str = "float32", log_length: int = 10_000, max_stale_s: float | None = None):
         self.stores = stores  # the Redis connection and its up/down state
         self.model_id = model_id
         self.fingerprint = fingerprint
@@ -117,10 +118,14 @@ class CollectionRegistry:
         self.dtype = dtype
         self.log_length = int(log_length)
         self.prefix = f"pcclip:coll:{model_id}:{fingerprint}:"
-        self.index_key = f"pcclip:collections:{model_id}:{fingerprint}"
-        self.cache: dict[str, Collection] = {}
-        self._scripts: dict[str, object] = {}
-        self._locks: dict[str, asyncio.Lock] = {}  # one per collection: loads and log catch-ups
+        self.namespace = f"pcclip:collections:{model_id}:{fingerprint}"  # once a plain set of the names
+        self.cache: CoherentCache[Collection] = CoherentCache(
+            self.namespace, key_of=lambda name: self._keys(name)[0], load=self._load, catch_up=self._reread,
+            max_entries=sys.maxsize,  # every collection stays loaded (a reload reads all its items)
+            sync_interval_s=0.0,  # every read checks: a write through one replica is seen by the next request to any
+            max_stale_s=stores.cache.max_stale_s if max_stale_s is None else max_stale_s,
+        )
+        self.cache.client = stores._client
 
     # -- plumbing --------------------------------------------------------------------------------
     @property
@@ -131,133 +136,105 @@ class CollectionRegistry:
     def up(self) -> bool:
         return self.stores.up
 
-    def _keys(self, name: str) -> tuple[str, str, str, str]:
+    def collections(self) -> list[Collection]:
+        """The collections this replica holds."""
+        return self.cache.cached_values()
+
+    def _keys(self, name: str) -> tuple[str, str, str]:
         base = self.prefix + name
-        return base + ":meta", base + ":vec", base + ":md", base + ":log"
+        return base + ":meta", base + ":vec", base + ":md"
 
     def _unavailable(self, what: str) -> CollectionUnavailable:
         return CollectionUnavailable(f"collection {what} is unavailable: Redis is not reachable ({self.stores.last_error}); retry shortly")
 
-    def _script(self, source: str):
-        if source not in self._scripts:
-            self._scripts[source] = self.client.register_script(source)
-        return self._scripts[source]
-
-    async def _redis(self, what: str, coro_fn):
-        """Run a Redis call; on a connection error mark Redis down and raise CollectionUnavailable."""
+    async def _write(self, what: str, script: str, name: str, args: list):
+        """Run a write script; on a connection error mark Redis down and raise CollectionUnavailable."""
         if not self.up:
             raise self._unavailable(what)
         try:
-            return await coro_fn()
-        except (RedisError, OSError) as err:
+            return await self.cache.write(script, name, list(self._keys(name)), args, self.log_length)
+        except REDIS_ERRORS as err:
             self.stores._mark_down(err)
             raise self._unavailable(what) from err
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def start(self) -> float:
-        """Load every collection of the model into this replica (when Redis is up); returns the seconds taken."""
+        """Load every collection of the model into this replica (when Redis is up); returns the seconds taken.
+
+        From here on the stores' monitor checks this namespace too, and loads the collections
+        again whenever Redis comes back.
+        """
         started = time.perf_counter()
+        self.stores.watch(self.cache, self._on_redis_up)
         if self.up:
-            try:
-                for name in sorted(n.decode() for n in await self.client.smembers(self.index_key)):
-                    await self.get(name)
-            except (RedisError, OSError, CollectionUnavailable) as err:
-                log.warning("collections not loaded at start-up (%s); they load on first use", err)
+            await self._on_redis_up()
         took = time.perf_counter() - started
-        if self.cache:
+        if len(self.cache):
             log.info("loaded %d collections (%d items) from redis in %.2f s", len(self.cache),
-                     sum(len(c.index) for c in self.cache.values()), took)
+                     sum(len(c.index) for c in self.collections()), took)
         return took
+
+    async def _on_redis_up(self) -> None:
+        try:
+            if adopted := await self.cache.adopt_legacy_index(self.namespace, self.prefix, ":meta"):
+                log.info("indexed %d collections written by an older version", adopted)
+            await self.cache.warm()
+        except (RedisUnavailable, *REDIS_ERRORS) as err:
+            log.warning("collections not loaded (%s); they load on first use", err)
 
     # -- collections -----------------------------------------------------------------------------
     async def names(self) -> list[str]:
-        """Collection names: from Redis when it is up, else from the cache."""
-        if self.up:
-            try:
-                return sorted(n.decode() for n in await self.client.smembers(self.index_key))
-            except (RedisError, OSError) as err:
+        """Collection names (from the replica's last check while Redis is down). Raises CollectionUnavailable."""
+        try:
+            names, _ = await self.cache.names(offline=not self.up)
+        except RedisUnavailable as err:
+            if self.up:
                 self.stores._mark_down(err)
-        return sorted(self.cache)
+            raise self._unavailable("listing") from err
+        return names
 
     async def create(self, name: str, dim: int, description: str = "") -> tuple[Collection, bool]:
         """Create the collection unless it exists; (collection, created)."""
-        meta_key = self._keys(name)[0]
-        uid = uuid.uuid4().hex
-        created = await self._redis(f"write (create {name!r})", lambda: self._script(_CREATE)(
-            keys=[meta_key, self.index_key], args=[uid, name, int(dim), repr(time.time()), description or ""]))
+        written = await self._write(f"write (create {name!r})", _CREATE, name,
+                                    [uuid.uuid4().hex, name, int(dim), repr(time.time()), description or ""])
         self.metrics.collection_writes.labels("create", "ok").inc()
         coll = await self.get(name)
         if coll is None:  # deleted again in between
             raise CollectionGone(name)
-        return coll, bool(created)
+        return coll, bool(written.generation)
 
     async def delete(self, name: str) -> bool:
         """Delete a collection and its items; True if it existed."""
-        async def run():
-            async with self.client.pipeline(transaction=True) as pipe:
-                return await pipe.unlink(*self._keys(name)).srem(self.index_key, name).execute()
-
-        results = await self._redis(f"write (delete {name!r})", run)
-        self.cache.pop(name, None)
+        if not self.up:
+            raise self._unavailable(f"write (delete {name!r})")
+        try:  # the keys of the change log before this mechanism (`:log`) go too
+            existed = await self.cache.delete(name, extra_keys=(*self._keys(name)[1:], self.prefix + name + ":log"))
+        except REDIS_ERRORS as err:
+            self.stores._mark_down(err)
+            raise self._unavailable(f"write (delete {name!r})") from err
         self.metrics.collection_writes.labels("delete", "ok").inc()
-        return bool(results[0])
+        return existed
 
     async def get(self, name: str) -> Collection | None:
         """The collection, brought up to date with Redis (one round trip when nothing changed).
 
-        Redis down: the cached copy as it is (None is answered as CollectionUnavailable).
+        Redis down: the cached copy as it is, for at most `max_stale_s`. Raises CollectionUnavailable.
         """
-        coll = self.cache.get(name)
-        if not self.up:
-            if coll is None:
-                raise self._unavailable(f"{name!r} (not in this replica's cache)")
-            self.metrics.collection_lookups.labels("cache_stale_ok").inc()
-            return coll
         try:
-            return await self._refresh(name)
-        except (RedisError, OSError) as err:
-            self.stores._mark_down(err)
-            if coll is None:
-                raise self._unavailable(repr(name)) from err
-            return coll
-
-    async def _refresh(self, name: str) -> Collection | None:
-        meta_key, _, _, log_key = self._keys(name)
-        uid, seq = await self.client.hmget(meta_key, ["uid", "seq"])
-        if uid is None:
-            self.cache.pop(name, None)
-            self.metrics.collection_lookups.labels("not_found").inc()
-            return None
-        uid, seq = uid.decode(), int(seq)
-        coll = self.cache.get(name)
-        if coll is not None and coll.uid == uid and coll.seq >= seq:
-            self.metrics.collection_lookups.labels("current").inc()
-            return coll
-        async with self._locks.setdefault(name, asyncio.Lock()):
-            coll = self.cache.get(name)
-            if coll is None or coll.uid != uid:
-                coll = await self._load(name)
-            while coll is not None:  # read the log past what this replica has applied
-                raw = await self.client.xrange(log_key, min="(" + coll.log_id, max="+", count=1000)
-                if not raw:
-                    break
-                entries = [e for e in raw if int(e[1][b"seq"]) > coll.seq]
-                if not entries:  # applied already (by a reload)
-                    coll.log_id = raw[-1][0].decode()
-                    continue
-                if int(entries[0][1][b"seq"]) != coll.seq + 1:  # entries were trimmed away: start over
-                    coll = await self._load(name)
-                    continue
-                ids = sorted({i for _, fields in entries for i in json.loads(fields[b"ids"])})
-                await self._reread(coll, ids)
-                coll.seq = int(entries[-1][1][b"seq"])
-                coll.log_id = entries[-1][0].decode()
-                self.metrics.collection_lookups.labels("caught_up").inc()
-            return coll
+            coll, source = await self.cache.get(name, offline=not self.up)
+        except RedisUnavailable as err:
+            if self.up:
+                self.stores._mark_down(err)
+            raise self._unavailable(repr(name) if self.cache.cached(name) is not None else f"{name!r} (not in this replica's cache)") from err
+        if source == "stale_cache" and self.up:
+            self.stores._mark_down(RedisUnavailable("a collection read could not reach Redis"))
+        result = {"cache": "current", "caught_up": "caught_up", "redis": "loaded", "stale_cache": "cache_stale_ok"}[source]
+        self.metrics.collection_lookups.labels(result if coll is not None else "not_found").inc()
+        return coll
 
     async def _reread(self, coll: Collection, ids: list[str]) -> None:
         """Re-read `ids` from Redis into the index: present ones upserted, absent ones removed."""
-        _, vec_key, md_key, _ = self._keys(coll.name)
+        _, vec_key, md_key = self._keys(coll.name)
         for start in range(0, len(ids), LOAD_BATCH):
             chunk = ids[start : start + LOAD_BATCH]
             async with self.client.pipeline(transaction=True) as pipe:
@@ -272,49 +249,42 @@ class CollectionRegistry:
                 )
 
     async def _load(self, name: str) -> Collection | None:
-        """Read a whole collection from Redis into a new index (then the log catches it up)."""
+        """Read a whole collection from Redis into a new index (writes made meanwhile come from the log)."""
         started = time.perf_counter()
-        meta_key, vec_key, md_key, log_key = self._keys(name)
+        meta_key, vec_key, md_key = self._keys(name)
         async with self.client.pipeline(transaction=True) as pipe:
-            meta, last, count = await pipe.hgetall(meta_key).xrevrange(log_key, count=1).hlen(vec_key).execute()
+            meta, count, with_metadata = await pipe.hgetall(meta_key).hlen(vec_key).hlen(md_key).execute()
         if not meta:
-            self.cache.pop(name, None)
             return None
         meta = {k.decode(): v.decode() for k, v in meta.items()}
         dim = int(meta["dim"])
         coll = Collection(
             name=name, uid=meta["uid"], dim=dim, created_at=float(meta["created_at"]), description=meta.get("description", ""),
-            index=ExactIndex(dim, self.dtype, capacity=max(1, int(count))), seq=int(meta["seq"]),
-            log_id=last[0][0].decode() if last else "0-0",
+            index=ExactIndex(dim, self.dtype, capacity=max(1, int(count))),
         )
-        has_metadata = bool(await self.client.hlen(md_key))
         cursor = 0
         while True:
             cursor, chunk = await self.client.hscan(vec_key, cursor, count=LOAD_BATCH)
             if chunk:
                 ids = [k.decode() for k in chunk]
                 metadata = [None] * len(ids)
-                if has_metadata:
+                if with_metadata:
                     metadata = [json.loads(m) if m else None for m in await self.client.hmget(md_key, ids)]
                 coll.index.upsert(ids, np.frombuffer(b"".join(chunk.values()), dtype="<f4").reshape(len(ids), dim), metadata)
             if cursor == 0:
                 break
         coll.loaded_in_s = time.perf_counter() - started
-        self.cache[name] = coll
-        self.metrics.collection_lookups.labels("loaded").inc()
-        return coll  # writes made during the scan are in the log after `log_id`: the caller applies them
+        return coll
 
     # -- items -----------------------------------------------------------------------------------
     async def add(self, coll: Collection, ids: list[str], vectors: np.ndarray, metadata: list[dict | None], refresh: bool = True) -> None:
         """Store items (replacing same ids) in Redis, then (`refresh`) bring this replica's index up to date."""
-        meta_key, vec_key, md_key, log_key = self._keys(coll.name)
-        args: list = [coll.uid, self.log_length, json.dumps(ids)]
+        args: list = [coll.uid, json.dumps(ids)]
         vectors = np.ascontiguousarray(vectors, dtype="<f4")
         for item_id, vec, md in zip(ids, vectors, metadata):
             args += [item_id, vec.tobytes(), json.dumps(md) if md else ""]
-        result = await self._redis(f"write (add to {coll.name!r})", lambda: self._script(_ADD)(keys=[meta_key, vec_key, md_key, log_key], args=args))
-        if int(result[0]) < 0:
-            self.cache.pop(coll.name, None)
+        written = await self._write(f"write (add to {coll.name!r})", _ADD, coll.name, args)
+        if int(written.result) < 0:
             raise CollectionGone(coll.name)
         self.metrics.collection_writes.labels("add", "ok").inc(len(ids))
         if refresh:
@@ -322,20 +292,19 @@ class CollectionRegistry:
 
     async def remove(self, coll: Collection, ids: list[str]) -> int:
         """Delete items by id; returns how many existed."""
-        meta_key, vec_key, md_key, log_key = self._keys(coll.name)
-        result = await self._redis(f"write (delete items of {coll.name!r})", lambda: self._script(_REMOVE)(
-            keys=[meta_key, vec_key, md_key, log_key], args=[coll.uid, self.log_length, json.dumps(ids), *ids]))
-        if int(result[0]) < 0:
-            self.cache.pop(coll.name, None)
+        written = await self._write(f"write (delete items of {coll.name!r})", _REMOVE, coll.name, [coll.uid, json.dumps(ids), *ids])
+        removed = int(written.result)
+        if removed < 0:
             raise CollectionGone(coll.name)
-        self.metrics.collection_writes.labels("remove", "ok").inc(int(result[2]))
+        self.metrics.collection_writes.labels("remove", "ok").inc(removed)
         await self._after_write(coll.name)
-        return int(result[2])
+        return removed
 
     async def _after_write(self, name: str) -> None:
+        """Bring this replica's copy up to date (written already: a failure here only delays that)."""
         try:
-            await self._refresh(name)
-        except (RedisError, OSError) as err:  # written; the next read catches up
+            await self.cache.get(name)
+        except RedisUnavailable as err:
             self.stores._mark_down(err)
 
     # -- search ----------------------------------------------------------------------------------

@@ -68,10 +68,12 @@ class InferenceEngine:
             pad_id = getattr(encoder.tokenizer, "pad_id", 0)
             self.text_batcher = TowerBatcher(
                 "text", encoder.encode_tokens, max_batch_size=settings.max_batch_tokens,
-                cost=lambda ids: int(token_lengths(ids, pad_id).sum()), max_batch_cost=settings.max_batch_tokens, **batching,
+                cost=lambda ids: int(token_lengths(ids, pad_id).sum()), max_batch_cost=settings.max_batch_tokens,
+                max_bulk_items=settings.bulk_batch_size, **batching,
             )
         else:
-            self.text_batcher = TowerBatcher("text", encoder.encode_tokens, max_batch_size=settings.max_batch_size, **batching)
+            self.text_batcher = TowerBatcher("text", encoder.encode_tokens, max_batch_size=settings.max_batch_size,
+                                             max_bulk_items=settings.bulk_batch_size, **batching)
         self.image_batcher = TowerBatcher("image", encoder.encode_pixels, max_batch_size=settings.max_batch_size, **batching)
         # items admitted per tower and not answered yet (decoding/tokenizing, queued or running):
         # admission is refused at once past queue_limit, before any decoding work is queued

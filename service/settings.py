@@ -59,7 +59,7 @@ class Settings(BaseSettings):
     max_batch_tokens: int = Field(
         4096, gt=0, description="text tokens per tower call (bundles with a dynamic sequence axis), as TEI's max-batch-tokens"
     )
-    bulk_batch_size: int = Field(8, gt=0, description="texts per tower call when building a class set (queued behind other requests)")
+    bulk_batch_size: int = Field(4, gt=0, description="texts per tower call when building a class set (queued behind other requests)")
     max_wait_ms: float = Field(5.0, ge=0, description="how long a batch waits for more requests")
     queue_limit: int = Field(512, gt=0, description="items waiting per tower before 503 + Retry-After")
     preprocess_threads: int = Field(2, gt=0, description="threads decoding images and tokenizing")

@@ -25,11 +25,13 @@ import logging
 import re
 import time
 from dataclasses import dataclass, field
+from typing import Awaitable, Callable
 
 import numpy as np
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.retry import Retry
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from service.coherence import REDIS_ERRORS, CoherentCache, NamespaceFull, RedisUnavailable
 from service.metrics import ServiceMetrics
@@ -135,6 +137,7 @@ class StoreRegistry:
         self.last_error: str | None = None
         self._client: aioredis.Redis | None = None
         self._monitor: asyncio.Task | None = None
+        self._watched: list[tuple[CoherentCache, Callable[[], Awaitable[None]]]] = []  # other namespaces on this connection
 
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -143,7 +146,10 @@ class StoreRegistry:
             self.redis_url,
             socket_timeout=self.timeout_s,
             socket_connect_timeout=self.timeout_s,
-            retry=Retry(NoBackoff(), 0),
+            # one retry, on a new connection, for a connection error only: after a Redis restart every
+            # pooled connection is dead, and each would otherwise fail one command (a false "down");
+            # a Redis that is really down refuses the new connection at once. Timeouts are not retried.
+            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
             retry_on_error=[],
         )
         await self.check()
@@ -160,11 +166,19 @@ class StoreRegistry:
                 closing.cancel()
                 log.warning("closing the redis client did not finish cleanly")
 
+    def watch(self, cache: CoherentCache, on_up: Callable[[], Awaitable[None]]) -> None:
+        """Check `cache` (another namespace on this connection, e.g. the collections) on every round
+        too, and call `on_up` whenever Redis comes back."""
+        cache.client = self._client
+        self._watched.append((cache, on_up))
+
     async def check(self) -> bool:
-        """Check Redis and the store versions, update `up` and the gauge; on the way up, load the stores."""
+        """Check Redis and the versions of the stores (and watched caches), update `up` and the
+        gauge; on the way up, load the stores and call the watchers' `on_up`."""
         was_up = self.up
         try:
-            await self.cache.sync(force=True)
+            for cache in (self.cache, *(watched for watched, _ in self._watched)):
+                await cache.sync(force=True)
         except REDIS_ERRORS as err:
             self._mark_down(err)
             return False
@@ -180,6 +194,9 @@ class StoreRegistry:
                     log.info("loaded %d class stores from redis", loaded)
             except (RedisUnavailable, *REDIS_ERRORS) as err:
                 self._mark_down(err)
+            for _, on_up in self._watched:
+                if self.up:
+                    await on_up()
         return self.up
 
     async def _watch(self) -> None:

@@ -38,7 +38,7 @@ async def readyz(svc: Service):
         "redis": {"up": stores.up, "cached_stores": len(stores.cache)},
         "queues": {"text": svc.engine.text_batcher.pending_items, "image": svc.engine.image_batcher.pending_items},
         "text_cache": len(svc.engine.text_cache),
-        "collections": {"cached": len(svc.collections.cache), "items": sum(len(c.index) for c in svc.collections.cache.values()),
+        "collections": {"cached": len(svc.collections.cache), "items": sum(len(c.index) for c in svc.collections.collections()),
                         "loaded_in_s": svc.collections_loaded_in_s},
     }
 

@@ -101,7 +101,8 @@ def encoder(pcclip_mini_encoder):
 def make_settings(redis_url: str, **overrides):
     from service.settings import Settings
 
-    values = dict(redis_url=redis_url, redis_check_interval_s=0.2, redis_timeout_s=0.3, max_wait_ms=2.0)
+    # redis_timeout_s: a Redis timeout marks Redis down (503s until the next check); 0.3 s flaked on a loaded 2-core machine
+    values = dict(redis_url=redis_url, redis_check_interval_s=0.2, redis_timeout_s=2.0, max_wait_ms=2.0)
     values.update(overrides)
     return Settings(**values)
 

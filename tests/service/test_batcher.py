@@ -59,6 +59,32 @@ def test_without_a_cost_batches_are_bounded_by_items():
     assert calls == [3, 3]
 
 
+def test_bulk_work_never_rides_along_with_ordinary_work_and_comes_in_small_batches():
+    """4 class sets' pieces (8 texts each) and an ordinary request, all waiting: the ordinary one runs
+    alone, first; bulk batches hold at most max_bulk_items (one piece), so an ordinary request waits
+    behind at most one small bulk batch."""
+    calls: list[tuple[int, ...]] = []
+
+    def run(x):
+        calls.append(tuple(int(v) for v in x[:, 0]))
+        return x[:, :1].astype(np.float32)
+
+    batcher = TowerBatcher("text", run, max_batch_size=1000, max_wait_ms=50, queue_limit=1000, max_bulk_items=8)
+
+    async def main():
+        batcher.start()
+        try:
+            bulk = [batcher.submit(np.full((8, 2), 10 + i), bulk=True) for i in range(4)]
+            ordinary = batcher.submit(np.full((1, 2), 1))
+            return await asyncio.gather(ordinary, *bulk)
+        finally:
+            await batcher.stop()
+
+    out = asyncio.run(main())
+    assert [o[:, 0].tolist() for o in out] == [[1]] + [[10 + i] * 8 for i in range(4)]
+    assert calls == [(1,)] + [(10 + i,) * 8 for i in range(4)]
+
+
 def test_engine_decodes_jpegs_reduced_only_when_configured(encoder):
     from service.inference import InferenceEngine
     from service.metrics import ServiceMetrics

@@ -244,3 +244,40 @@ def test_collection_routes_are_in_the_openapi(client):
     for path in ("/v1/collections", "/v1/collections/{name}", "/v1/collections/{name}/items", "/v1/collections/{name}/rank",
                  "/v1/collections/{name}/search", "/v1/collections/{name}/count", "/v1/collections/{name}/items/delete"):
         assert path in paths, path
+
+
+def test_a_write_through_the_shared_coherence_mechanism_is_seen_by_the_next_read(encoder, redis_url, photo_b64, cub_photos):
+    """The replica's copy follows service.coherence (the class stores' mechanism) and nothing else: an
+    item deleted by another process through `CoherentCache.write` alone is gone from the next read."""
+    import asyncio
+
+    import redis.asyncio as aioredis
+
+    from service.coherence import CoherentCache, versioned_script
+
+    items = _items(photo_b64, cub_photos)[:3]
+    with service_client(encoder, redis_url) as client:
+        client.put("/v1/collections/c")
+        client.post("/v1/collections/c/items", json={"items": items})
+        info = client.get("/v1/collections/c").json()
+        assert info["count"] == 3
+        base = f"pcclip:coll:{info['model']}:{info['fingerprint']}:c"
+        gone = items[0]["id"]
+
+        async def delete_elsewhere():
+            async def never(*_):
+                raise AssertionError("not read here")
+
+            other = CoherentCache(f"pcclip:collections:{info['model']}:{info['fingerprint']}",
+                                  key_of=lambda n: f"pcclip:coll:{info['model']}:{info['fingerprint']}:{n}:meta", load=never)
+            other.client = aioredis.from_url(redis_url)
+            script = versioned_script("redis.call('HDEL', K[1], A[1]) redis.call('HDEL', K[2], A[1]) return 1, A[2]")
+            written = await other.write(script, "c", [base + ":vec", base + ":md"], [gone, json.dumps([gone])])
+            await other.client.aclose()
+            return written.generation
+
+        assert asyncio.run(delete_elsewhere()) > 0
+        assert client.get("/v1/collections/c/count").json()["count"] == 2
+        assert client.get(f"/v1/collections/c/items/{gone}").status_code == 404
+        ranked = client.post("/v1/collections/c/rank", json={"attribute": "a larger bird"}).json()["results"]
+        assert gone not in [h["id"] for h in ranked] and len(ranked) == 2

@@ -137,3 +137,33 @@ def test_listing_and_lookup_agree_after_redis_comes_back_empty(encoder, tmp_path
                 fresh.stop()
     finally:
         server.stop()
+
+
+def test_a_redis_restart_does_not_fail_a_command_on_each_dead_pooled_connection(tmp_path):
+    """After a restart every pooled connection is dead; each used to fail one command and mark Redis
+    down (a 503 for that request). Now a connection error is retried once on a new connection."""
+    import asyncio
+
+    from service.metrics import ServiceMetrics
+    from service.stores import StoreRegistry
+
+    server = RedisServer(tmp_path).start()
+
+    async def main():
+        registry = StoreRegistry(server.url, "m", "f", ServiceMetrics(), check_interval_s=3600)
+        await registry.start()
+        client = registry._client
+        await asyncio.gather(*(client.blpop(["nothing"], timeout=0.1) for _ in range(3)))  # 3 pooled connections
+        assert len(client.connection_pool._available_connections) == 3
+        server.stop()
+        server.start()
+        try:  # each of the dead connections is used once (at the same time, so none is reused)
+            await asyncio.gather(*(client.blpop(["nothing"], timeout=0.1) for _ in range(3)))
+            assert await registry.check() and await registry.names() == ([], "redis")
+        finally:
+            await registry.stop()
+
+    try:
+        asyncio.run(main())
+    finally:
+        server.stop()
