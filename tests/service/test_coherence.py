@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import pytest
 import redis.asyncio as aioredis
 
-from service.coherence import CoherentCache, NamespaceFull, RedisUnavailable
+from service.coherence import CoherentCache, NamespaceFull, RedisUnavailable, versioned_script
 
 NS = "test:ns"
 
@@ -129,5 +130,64 @@ def test_an_entry_loaded_after_a_check_is_dropped_when_redis_is_flushed(redis_ur
         redis_server.command("FLUSHALL")  # back to (no epoch, no clock), as b last saw it
         await asyncio.sleep(0.06)
         assert await b.get("x") == (None, "redis")
+
+    asyncio.run(main())
+
+
+# -- values with a change log (collections) -------------------------------------------------------
+_SET_MEMBER = versioned_script("redis.call('HSET', K[1], A[1], A[2]) return 1, A[3]")
+
+
+def _logged(url: str, loads: list) -> CoherentCache[dict]:
+    """A cache of hashes `test:items:{name}` read whole by `load` (counted) and caught up member by member."""
+    async def load(name):
+        loads.append(name)
+        data = await cache.client.hgetall(f"test:items:{name}")
+        return {k.decode(): v.decode() for k, v in data.items()} or None
+
+    async def catch_up(value, members):
+        for member, got in zip(members, await cache.client.hmget(f"test:items:{members[0].split('/')[0]}", members)):
+            value[member] = got.decode()
+
+    cache = CoherentCache(NS, key_of=lambda n: f"test:items:{n}", load=load, catch_up=catch_up, sync_interval_s=0.0)
+    cache.client = aioredis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+    return cache
+
+
+async def _set(cache, name, member, value):
+    return await cache.write(_SET_MEMBER, name, [f"test:items:{name}"], [f"{name}/{member}", value, json.dumps([f"{name}/{member}"])])
+
+
+def test_a_value_with_a_change_log_is_caught_up_not_reloaded(redis_url):
+    async def main():
+        loads_a, loads_b = [], []
+        a, b = _logged(redis_url, loads_a), _logged(redis_url, loads_b)
+        assert (await _set(a, "c", "x", "1")).generation > 0
+        assert await b.get("c") == ({"c/x": "1"}, "redis")
+        await _set(a, "c", "y", "2")
+        await _set(a, "c", "x", "3")
+        assert await b.get("c") == ({"c/x": "3", "c/y": "2"}, "caught_up")  # seen on the next read, no wait
+        assert await b.get("c") == ({"c/x": "3", "c/y": "2"}, "cache")
+        assert loads_b == ["c"]
+        assert (await b.names())[0] == ["c"]
+
+    asyncio.run(main())
+
+
+def test_a_gap_in_the_change_log_or_a_name_made_again_reloads_the_value(redis_url):
+    async def main():
+        loads = []
+        a, b = _logged(redis_url, []), _logged(redis_url, loads)
+        await _set(a, "c", "x", "1")
+        assert (await b.get("c"))[0] == {"c/x": "1"}
+        await _set(a, "c", "y", "2")
+        await a.client.delete(a.changes_key("c"))  # the log trimmed past what b has applied
+        await _set(a, "c", "z", "3")
+        assert await b.get("c") == ({"c/x": "1", "c/y": "2", "c/z": "3"}, "redis")
+        assert loads == ["c", "c"]
+        # deleted and made again: b does not keep members of the old value
+        assert await a.delete("c", extra_keys=("test:items:c",)) is True
+        await _set(a, "c", "w", "4")
+        assert await b.get("c") == ({"c/w": "4"}, "redis")
 
     asyncio.run(main())

@@ -281,3 +281,26 @@ def test_a_write_through_the_shared_coherence_mechanism_is_seen_by_the_next_read
         assert client.get(f"/v1/collections/c/items/{gone}").status_code == 404
         ranked = client.post("/v1/collections/c/rank", json={"attribute": "a larger bird"}).json()["results"]
         assert gone not in [h["id"] for h in ranked] and len(ranked) == 2
+
+
+def test_collections_written_before_the_shared_mechanism_are_kept(encoder, redis_url):
+    """A collection in the layout of the previous version (a plain set of names, a `seq` counter and
+    a `:log` stream of its own) is adopted at start-up: listed, read, written, deleted; nothing lost."""
+    import redis as redis_sync
+
+    vectors = np.eye(3, encoder.dim, dtype="<f4")
+    r = redis_sync.Redis.from_url(redis_url)
+    base = f"pcclip:coll:{encoder.model_id}:{encoder.fingerprint}:old"
+    r.hset(base + ":meta", mapping={"uid": "u1", "name": "old", "dim": encoder.dim, "created_at": "1.0", "description": "kept", "seq": 2})
+    r.hset(base + ":vec", mapping={f"v{i}": v.tobytes() for i, v in enumerate(vectors)})
+    r.hset(base + ":md", "v0", json.dumps({"k": 1}))
+    r.xadd(base + ":log", {"seq": 2, "ids": json.dumps(["v0"])})
+    r.sadd(f"pcclip:collections:{encoder.model_id}:{encoder.fingerprint}", "old")
+    with service_client(encoder, redis_url) as client:
+        assert client.get("/v1/collections").json()["collections"] == ["old"]
+        info = client.get("/v1/collections/old").json()
+        assert info["count"] == 3 and info["description"] == "kept"
+        assert client.get("/v1/collections/old/items/v0").json()["metadata"] == {"k": 1}
+        assert client.delete("/v1/collections/old/items/v1").json()["count"] == 2
+        assert client.delete("/v1/collections/old").status_code == 200
+    assert not [k for k in r.scan_iter(base + "*")]  # the old log went with it
