@@ -140,12 +140,18 @@ def choose_providers(providers: list | None = None) -> list:
     return [CUDA_PROVIDER, CPU_PROVIDER] if CUDA_PROVIDER in available else [CPU_PROVIDER]
 
 
-def session_options(intra_op_threads: int | None = None, cpu_mem_arena: bool | None = None):
-    """ORT session options: full graph optimisation, sequential execution, bounded threads.
+def session_options(intra_op_threads: int | None = None, cpu_mem_arena: bool | None = None, allow_spinning: bool | None = None):
+    """ORT session options: full graph optimisation, sequential execution, bounded threads, no spinning.
 
     The CPU memory arena is off unless `cpu_mem_arena` (or PCCLIP_ORT_CPU_ARENA=1) turns it on:
     the arena keeps the peak of every batch size it has seen (a served process grew from 250 MB
     to ~880 MB after batches of 32 images), and on CPU it bought no measurable speed
+    (docs/benchmarks.md).
+
+    The intra-op threads do not spin-wait for work unless `allow_spinning` (or
+    PCCLIP_ORT_SPINNING=1) says so: ORT's default spinning burns the CPU that the event loop, the
+    image decoding and everything else on a shared machine need between two runs; with it off a
+    served text tower answered 1.1-1.3x more texts/s (images 1.1x) on this 2-core machine under load
     (docs/benchmarks.md).
     """
     import onnxruntime as ort
@@ -159,6 +165,9 @@ def session_options(intra_op_threads: int | None = None, cpu_mem_arena: bool | N
     threads = intra_op_threads if intra_op_threads is not None else int(os.environ.get("PCCLIP_ORT_THREADS", "0"))
     opts.intra_op_num_threads = max(0, int(threads))  # 0: ORT picks (one per physical core)
     opts.inter_op_num_threads = 1
+    if allow_spinning is None:
+        allow_spinning = os.environ.get("PCCLIP_ORT_SPINNING", "0").strip().lower() in ("1", "true", "yes")
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
     opts.log_severity_level = 3
     return opts
 

@@ -54,8 +54,8 @@ class ServiceState:
     loaded_at: float | None = None
 
 
-def get_service(request: Request) -> ServiceState:
-    """The app's `ServiceState` (FastAPI dependency)."""
+async def get_service(request: Request) -> ServiceState:
+    """The app's `ServiceState` (FastAPI dependency; async, so no request pays a thread-pool hop for it)."""
     return request.app.state.svc
 
 

@@ -1,4 +1,4 @@
-"""ONNX Runtime session options of served bundles: the CPU memory arena is off unless asked for."""
+"""ONNX Runtime session options of served bundles: the CPU memory arena and spin-waiting are off unless asked for."""
 
 from __future__ import annotations
 
@@ -15,3 +15,14 @@ def test_cpu_memory_arena_can_be_turned_on(monkeypatch):
     assert session_options().enable_cpu_mem_arena is True
     monkeypatch.setenv("PCCLIP_ORT_CPU_ARENA", "1")
     assert session_options(cpu_mem_arena=False).enable_cpu_mem_arena is False
+
+
+def test_intra_op_threads_do_not_spin_by_default(monkeypatch):
+    monkeypatch.delenv("PCCLIP_ORT_SPINNING", raising=False)
+    assert session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
+
+
+def test_spinning_can_be_turned_on(monkeypatch):
+    monkeypatch.setenv("PCCLIP_ORT_SPINNING", "1")
+    assert session_options().get_session_config_entry("session.intra_op.allow_spinning") == "1"
+    assert session_options(allow_spinning=False).get_session_config_entry("session.intra_op.allow_spinning") == "0"
