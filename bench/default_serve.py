@@ -9,6 +9,9 @@ whether the serving process maps libtorch (`/proc/PID/maps`); its RSS after `--r
 requests of the soak mix (bench/soak.py) at concurrency 16. `--torch` also starts
 `pcclip serve --backend torch` once, for the same figures beside them.
 Targets: ready < 3 s (median), no libtorch mapped, RSS after 1,000 mixed requests < 400 MB.
+
+`--old-commit C` (with `--old-tree DIR`, a worktree made if missing) also starts C's code serving
+the same cached bundle, taking turns with this checkout's, and prints the ratio of the medians.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import time
 from pathlib import Path
 
 from bench.harness import RedisServer, ServeProcess, b64, bench_parser, run_load, sample_photos
+from bench.peer import ensure_checkout
 from bench.serving import finish, machine_note
 from bench.soak import BASE_CLASSES, BASE_STORE, mixed_requests
 
@@ -47,6 +51,8 @@ def main(argv=None) -> int:
     parser = bench_parser(__doc__, requests=1000, concurrency=16)
     parser.add_argument("--starts", type=int, default=3)
     parser.add_argument("--torch", action="store_true", help="also measure `pcclip serve --backend torch` once")
+    parser.add_argument("--old-commit", default=None, help="also time the starts of this commit's code, in turns")
+    parser.add_argument("--old-tree", default="/tmp/pcclip-bench-old-start", help="worktree of --old-commit (made if missing)")
     args = parser.parse_args(argv)
     from service.bundle_cache import cached_bundle_path, resolve_bundle
 
@@ -62,13 +68,22 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="pcclip-default-serve-") as tmp:
         redis = RedisServer(Path(tmp) / "redis").start()
         try:
-            starts = []
+            starts, old_starts = [], []
+            old_tree = ensure_checkout(args.old_commit, args.old_tree) if args.old_commit else None
             for i in range(args.starts):
                 with ServeProcess(None, redis.url, Path(tmp) / f"cold-{i}.log") as server:
                     starts.append(server.cold_start_s)
                     libtorch = _has_libtorch(server)
+                if old_tree is not None:  # its own `pcclip serve` default: the same cached bundle (same weights and export code)
+                    old = ServeProcess(None, redis.url, Path(tmp) / f"old-{i}.log", env={"PYTHONPATH": str(old_tree)}, cwd=old_tree)
+                    with old:
+                        old_starts.append(old.cold_start_s)
             out.update(ready_s=starts, ready_median_s=statistics.median(starts), libtorch_idle=libtorch)
             print(f"ready after {', '.join(f'{s:.2f}' for s in starts)} s (median {out['ready_median_s']:.2f} s); libtorch mapped: {libtorch}", flush=True)
+            if old_starts:
+                out.update(old_commit=args.old_commit, old_ready_s=old_starts, old_ready_median_s=statistics.median(old_starts))
+                print(f"{args.old_commit}: ready after {', '.join(f'{s:.2f}' for s in old_starts)} s (median {out['old_ready_median_s']:.2f} s); "
+                      f"this / old {out['ready_median_s'] / out['old_ready_median_s']:.2f}", flush=True)
             with ServeProcess(None, redis.url, Path(tmp) / "serve.log") as server:
                 out["onnx"] = _serve_figures(server, args.requests, args.concurrency, photos_b64)
             print(f"default serve after {args.requests} mixed requests: {json.dumps(out['onnx'])}", flush=True)

@@ -146,6 +146,14 @@ class InfinityServer:
         return Request("POST", "/embeddings", {"model": self.model_name, "input": texts}, tag)
 
 
+def ensure_checkout(commit: str, tree: str | Path) -> Path:
+    """A detached worktree of this repository at `commit` in `tree` (made if missing), to run older code beside this one."""
+    tree = Path(tree)
+    if not (tree / "pcclip").is_dir():
+        subprocess.run(["git", "-C", str(REPO_ROOT), "worktree", "add", "--detach", str(tree), commit], check=True)
+    return tree
+
+
 # -- workloads -----------------------------------------------------------------------------------
 def coco_captions(n: int) -> list[str]:
     """Real short texts: up to `n` COCO captions (train then val), in a fixed order, without repeats."""
@@ -263,9 +271,7 @@ def run_images(args, bundle: Path, redis_url: str, tmp: Path) -> dict:
 
     from models.onnx_backend import load_bundle_encoder
 
-    old_tree = Path(args.old_tree)
-    if not (old_tree / "pcclip").is_dir():
-        subprocess.run(["git", "-C", str(REPO_ROOT), "worktree", "add", "--detach", str(old_tree), args.old_commit], check=True)
+    old_tree = ensure_checkout(args.old_commit, args.old_tree)
     photos = sample_photos(16)
     photos_b64 = [b64(p) for p in photos]
     enc = load_bundle_encoder(bundle, batch_size=32)
