@@ -322,7 +322,6 @@ def create_app(settings: Settings | None = None, encoder: Encoder | None = None)
     async def lifespan(app: FastAPI):
         if encoder is None:
             from models.loading import load_encoder, parse_spec
-            from service.preload import take_preloaded
 
             spec = settings.model
             if settings.backend == "onnx":
@@ -331,12 +330,7 @@ def create_app(settings: Settings | None = None, encoder: Encoder | None = None)
                 spec = await asyncio.to_thread(resolve_bundle, spec, settings.bundle_cache_dir)
             log.info("loading model %s", spec)
             extra = {"max_batch_tokens": settings.max_batch_tokens} if parse_spec(spec).kind == "bundle" else {}
-            load_args = dict(device=settings.device, batch_size=settings.max_batch_size, **extra)
-            preloaded = take_preloaded(spec, **load_args)  # `pcclip serve` began this load before the app was imported
-            if preloaded is not None:
-                svc.encoder = await asyncio.wrap_future(preloaded)
-            else:
-                svc.encoder = await asyncio.to_thread(load_encoder, spec, **load_args)
+            svc.encoder = await asyncio.to_thread(load_encoder, spec, device=settings.device, batch_size=settings.max_batch_size, **extra)
         else:
             svc.encoder = encoder
         enc = svc.encoder

@@ -42,14 +42,6 @@ def cmd_serve(args) -> int:
         except BundleBuildError as err:
             print(f"pcclip serve: {err}")
             return 1
-        from models.loading import parse_spec
-
-        spec = os.environ["PCCLIP_MODEL"]
-        if max(1, int(args.workers)) == 1 and parse_spec(spec).kind == "bundle":
-            from service.preload import start_preload
-
-            # the app runs in this process: load the bundle while uvicorn imports the app (service/preload.py)
-            start_preload(spec, device=settings.device, batch_size=settings.max_batch_size, max_batch_tokens=settings.max_batch_tokens)
     uvicorn.run(
         "service.app:create_app",
         factory=True,
