@@ -15,6 +15,8 @@
 4. `pcclip eval` of both, the trade-off curve, calibration of compare probabilities, the
    weights with the evaluation summary in their metadata, and the README results table.
 Reserved classes (`training/splits/cub100_reserved.txt`) are never seen by either training.
+Both stages train through `pcclip train`'s optimisation loop (`training.trainer.OptimisationLoop`,
+settings in `base_loop` and `pcclip_loop`); their losses are computed here.
 """
 
 from __future__ import annotations
@@ -268,6 +270,26 @@ def eval_phrasing_pairs(photos_by_class: dict, writer, n: int, seed: int) -> dic
     return out
 
 
+# -- the stages' optimisation (one loop: training.trainer.OptimisationLoop, as `pcclip train`) ---------
+
+def base_loop(params: list, cfg: ReproduceConfig):
+    """The base stage's optimisation: AdamW (lr `base_lr`, weight decay 0.1 on every parameter), 50
+    warmup steps times a cosine over `base_steps`, no gradient clipping."""
+    from training.trainer import OptimisationLoop, warmup_scaled_cosine
+
+    return OptimisationLoop(params, lr=cfg.base_lr, weight_decay=0.1, total_steps=cfg.base_steps,
+                            schedule=lambda s: warmup_scaled_cosine(s, 50, cfg.base_steps))
+
+
+def pcclip_loop(params: list, cfg: ReproduceConfig):
+    """The PC-CLIP stage's optimisation: AdamW (lr `pc_lr`, weight decay `pc_weight_decay`), 20 warmup
+    steps times a cosine over `pc_steps`, gradient norm clipped at 1."""
+    from training.trainer import OptimisationLoop, warmup_scaled_cosine
+
+    return OptimisationLoop(params, lr=cfg.pc_lr, weight_decay=cfg.pc_weight_decay, total_steps=cfg.pc_steps,
+                            grad_clip=1.0, schedule=lambda s: warmup_scaled_cosine(s, 20, cfg.pc_steps))
+
+
 # -- the pipeline ----------------------------------------------------------------------------------
 
 class TextTable:
@@ -508,15 +530,15 @@ class Pipeline:
                   + [m.logit_scale])
         for p in params:
             p.requires_grad = True
-        opt = torch.optim.AdamW(params, lr=cfg.base_lr, weight_decay=0.1)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 50) * 0.5 * (1 + math.cos(math.pi * s / cfg.base_steps)))
+        loop = base_loop(params, cfg)
         rng = random.Random(cfg.seed + 1)
         classes = sorted(self.train_imgs)
         coco_pairs = ([(im.path, c) for im in self.coco for c in im.captions]
                       + [(p, c) for p, caps in self.coco_category_captions.items() for c in caps])
         m.visual.head.train()
-        for step in tqdm(range(cfg.base_steps), desc="base (CLIP loss + distillation, heads)", unit="step",
-                         disable=None, mininterval=10):
+
+        def step_loss(step: int) -> torch.Tensor:
+            """The base's loss of one step (its batches drawn from `rng`)."""
             batch = rng.sample(classes, min(cfg.base_batch, len(classes)))
             photos = [rng.choice(self.train_imgs[c]) for c in batch]
             caps = [rng.choice(self.captions[c]) for c in batch]
@@ -532,10 +554,9 @@ class Pipeline:
                 loss = loss + cfg.coco_weight * losses.clip_loss(m.visual.embed(self.img([p for p, _ in cb2])),
                                                                  self.train_texts([c for _, c in cb2]), scale)
             loss = loss + self.everyday_losses(rng, scale)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
+            return loss
+
+        loop.run(step_loss, desc="base (CLIP loss + distillation, heads)", disable=None, mininterval=10)
         m.visual.head.eval()
         for p in m.parameters():
             p.requires_grad = False
@@ -556,8 +577,7 @@ class Pipeline:
         for p in params:
             p.requires_grad = True
         self.pc_keys = sorted(set(self.tail.trainable_names(m)))
-        opt = torch.optim.AdamW(params, lr=cfg.pc_lr, weight_decay=cfg.pc_weight_decay)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20) * 0.5 * (1 + math.cos(math.pi * s / cfg.pc_steps)))
+        loop = pcclip_loop(params, cfg)
         rng = random.Random(cfg.seed + 2)
         classes = sorted(self.train_imgs)
         scale = m.logit_scale.detach().exp()
@@ -589,8 +609,9 @@ class Pipeline:
                 anchor_base = F.normalize(self.encode_texts(anchors), dim=-1)
         for blk in list(m.text.blocks)[self.tail.first_trainable:]:
             blk.train()
-        for step in tqdm(range(cfg.pc_steps), desc=f"PC-CLIP (last {cfg.text_layers} text layers + head)", unit="step",
-                         disable=None, mininterval=10):
+
+        def step_loss(step: int) -> torch.Tensor:
+            """The PC-CLIP stage's loss of one step (its batches drawn from `rng`)."""
             batch = rng.sample(self.pairs, cfg.pc_batch)
             ia = emb[torch.tensor([self.pindex[p["image_a"]] for p in batch])]
             ib = emb[torch.tensor([self.pindex[p["image_b"]] for p in batch])]
@@ -614,11 +635,9 @@ class Pipeline:
                 ie = emb[torch.tensor([self.pindex[p] for p in photos])]
                 loss = loss + cfg.clip_weight * (losses.clip_loss(ie, self.train_texts(caps), scale)
                                                  + self.everyday_losses(rng, scale, emb))
-            opt.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            sched.step()
+            return loss
+
+        loop.run(step_loss, desc=f"PC-CLIP (last {cfg.text_layers} text layers + head)", disable=None, mininterval=10)
         m.eval()
         for p in m.parameters():
             p.requires_grad = False

@@ -1,4 +1,5 @@
-"""The trainer behind `pcclip train`: PC-CLIP finetuning and standard CLIP (base) training, one loop.
+"""The trainer behind `pcclip train`: PC-CLIP finetuning and standard CLIP (base) training, and the one
+optimisation loop of pcclip (`OptimisationLoop`), which `pcclip reproduce`'s stages train through too.
 
 - PC-CLIP (`--preset pc-clip`, the default): pair records (the shared JSONL contract) train the
   text transformer with the PC-CLIP loss; the image tower is frozen and its embeddings are cached
@@ -158,6 +159,12 @@ def warmup_cosine(step: int, warmup: int, total: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
+def warmup_scaled_cosine(step: int, warmup: int, total: int) -> float:
+    """LR multiplier of `pcclip reproduce`'s stages: a linear warmup over `warmup` steps times a cosine
+    decay over all `total` steps (the decay starts at step 0, not after the warmup)."""
+    return min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / total))
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -189,6 +196,97 @@ def caption_batch(step: int, n: int, batch: int, seed: int, dist_info: DistInfo)
     g = torch.Generator().manual_seed(seed + 1_000_003 + cycle)
     perm = torch.randperm(n, generator=g)[dist_info.rank :: dist_info.world_size][:per_rank]
     return perm[offset * batch : (offset + 1) * batch]
+
+
+# -- the optimisation loop (`pcclip train` and `pcclip reproduce`) --------------------------------------
+
+@dataclass
+class StepResult:
+    """What one optimisation step did: `step` steps are done; `details` is what `step_loss` returned beside the loss."""
+
+    step: int
+    loss: torch.Tensor
+    details: object
+    grad_norm: torch.Tensor | None
+    lr: float
+
+
+class OptimisationLoop:
+    """The one optimisation loop of pcclip training: `Trainer.run` (`pcclip train`) and both stages of
+    `pcclip reproduce` (`training.default_model`) train through it.
+
+    AdamW over `params` (`decay_matrices_only`: weight decay on tensors of 2+ dimensions only, biases
+    and norms in a group without it), a LambdaLR schedule (`schedule(step)` multiplies `lr`), and per
+    step: `step_loss(step)` (a loss, or `(loss, details)`), zero_grad, backward, gradient-norm clipping
+    at `grad_clip` (0: none), optimizer step, schedule step, `on_step(StepResult)`, the progress bar.
+    With a `checkpoint` path it writes a resume point there every `save_every` steps (and on `save()`):
+    the step, optimizer, scheduler, global RNG states and whatever `extra_state(step)` adds;
+    `resume(state)` continues from one, to the same weights as an uninterrupted run.
+    """
+
+    def __init__(self, params: list[torch.Tensor], *, lr: float, weight_decay: float, schedule, total_steps: int,
+                 grad_clip: float = 0.0, decay_matrices_only: bool = False, checkpoint: Path | None = None,
+                 save_every: int = 0, extra_state=None):
+        self.params = list(params)
+        if decay_matrices_only:
+            groups = [{"params": [p for p in self.params if p.ndim >= 2], "weight_decay": weight_decay},
+                      {"params": [p for p in self.params if p.ndim < 2], "weight_decay": 0.0}]
+            self.optimizer = torch.optim.AdamW(groups, lr=lr)
+        else:
+            self.optimizer = torch.optim.AdamW(self.params, lr=lr, weight_decay=weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
+        self.total_steps = total_steps
+        self.grad_clip = grad_clip
+        self.checkpoint = Path(checkpoint) if checkpoint is not None else None
+        self.save_every = save_every
+        self.extra_state = extra_state
+        self.step = 0
+
+    def take_step(self, loss: torch.Tensor) -> torch.Tensor | None:
+        """Backward `loss` and update the parameters; returns the gradient norm when clipping."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip) if self.grad_clip > 0 else None
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        return grad_norm
+
+    def run(self, step_loss, on_step=None, **bar) -> int:
+        """Train from the current step to `total_steps`; `bar`: tqdm options (desc, disable, mininterval)."""
+        progress = tqdm(total=self.total_steps, initial=self.step, unit="step", **bar)
+        try:
+            while self.step < self.total_steps:
+                out = step_loss(self.step)
+                loss, details = out if isinstance(out, tuple) else (out, None)
+                grad_norm = self.take_step(loss)
+                progress.update(1)
+                progress.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+                if on_step is not None:
+                    on_step(StepResult(self.step, loss, details, grad_norm, self.scheduler.get_last_lr()[0]))
+                if self.checkpoint is not None and self.save_every and self.step % self.save_every == 0 \
+                        and self.step < self.total_steps:
+                    self.save()
+        finally:
+            progress.close()
+        return self.step
+
+    def state_dict(self) -> dict:
+        return {"step": self.step, "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "rng": rng_state()}
+
+    def save(self) -> None:
+        """Write the resume point (atomically) to the checkpoint path."""
+        tmp = self.checkpoint.with_name(self.checkpoint.name + ".tmp")
+        torch.save({**(self.extra_state(self.step) if self.extra_state else {}), **self.state_dict()}, tmp)
+        tmp.replace(self.checkpoint)
+
+    def resume(self, state: dict) -> None:
+        """Continue from a resume point (`save()`); the trained weights are the caller's to restore."""
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step = state["step"]
+        set_rng_state(state["rng"])
 
 
 # -- the objective as one module (what DDP wraps) ---------------------------------------------------
@@ -361,15 +459,14 @@ class Trainer:
         state = self.model.state_dict()
         return {n: state[n].detach().cpu().clone() for n in self.trainable_names}
 
-    def _save_last(self, optimizer, scheduler, epoch: int, batch_in_epoch: int, step: int) -> None:
-        tmp = self.out / "last.pt.tmp"
-        torch.save(
-            {"epoch": epoch, "batch_in_epoch": batch_in_epoch, "step": step, "trainable": self._trainable_state(),
-             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state(),
-             "config": dataclasses.asdict(self.cfg)},
-            tmp,
-        )
-        tmp.replace(self.out / "last.pt")
+    def _resume_extra(self, steps_per_epoch: int):
+        """What `last.pt` holds beside the optimisation loop's state: the trainable weights, the config,
+        and where the next step is (epoch, batch within it)."""
+        def extra(step: int) -> dict:
+            epoch, batch_in_epoch = divmod(step, steps_per_epoch)
+            return {"epoch": epoch, "batch_in_epoch": batch_in_epoch, "trainable": self._trainable_state(),
+                    "config": dataclasses.asdict(self.cfg)}
+        return extra
 
     def wise_state(self) -> dict:
         """Trainable weights interpolated with the base: alpha * finetuned + (1 - alpha) * base."""
@@ -423,11 +520,11 @@ class Trainer:
         cap_batch = cfg.caption_batch_size or cfg.batch_size
 
         params = [p for p in self.model.parameters() if p.requires_grad]
-        decay = [p for p in params if p.ndim >= 2]
-        no_decay = [p for p in params if p.ndim < 2]
-        optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                       {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, cfg.warmup_steps, total))
+        loop = OptimisationLoop(
+            params, lr=cfg.lr, weight_decay=cfg.weight_decay, decay_matrices_only=True, grad_clip=cfg.grad_clip,
+            schedule=lambda s: warmup_cosine(s, cfg.warmup_steps, total), total_steps=total,
+            checkpoint=self.out / "last.pt" if dist_info.is_main else None, save_every=cfg.save_every,
+            extra_state=self._resume_extra(steps_per_epoch))
         objective = Objective(self.model, self.image_head, self.embed_texts, self._scale, cfg.clip_weight, cfg.probe_weight)
         if dist_info.enabled:
             from torch.nn.parallel import DistributedDataParallel
@@ -435,78 +532,72 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             objective = DistributedDataParallel(objective, device_ids=ids)
 
-        start_epoch = start_batch = step = 0
         if self.resume_state is not None:
             st = self.resume_state
             self.model.load_state_dict({k: v.to(self.device) for k, v in st["trainable"].items()}, strict=False)
-            optimizer.load_state_dict(st["optimizer"])
-            scheduler.load_state_dict(st["scheduler"])
-            start_epoch, start_batch, step = st["epoch"], st["batch_in_epoch"], st["step"]
-            set_rng_state(st["rng"])
-            log.info("resuming at epoch %d, batch %d (step %d)", start_epoch, start_batch, step)
+            loop.resume(st)
+            log.info("resuming at epoch %d, batch %d (step %d)", st["epoch"], st["batch_in_epoch"], loop.step)
+        start_step = loop.step
         if dist_info.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
-            self._truncate_metrics(step)
+            self._truncate_metrics(start_step)
 
-        bar = tqdm(total=total, initial=step, desc="train", unit="step", disable=None if dist_info.is_main else True)
+        epoch_batches: dict[int, list] = {}
+
+        def step_loss(step: int):
+            """The loss of global step `step`: batch `step % steps_per_epoch` of epoch `step // steps_per_epoch`."""
+            epoch, b = divmod(step, steps_per_epoch)
+            if epoch not in epoch_batches:
+                sampler.set_epoch(epoch)
+                epoch_batches.clear()
+                epoch_batches[epoch] = list(batches)
+            if b == 0 or step == start_step:
+                set_train_mode(self.model, self.parts)
+            idx = torch.tensor(epoch_batches[epoch][b], dtype=torch.long)
+            pair_batch = caption_batch_ = directions = None
+            if pairs_primary:
+                rows = self.pair_index[idx]
+                if self.pair_directions is not None:
+                    directions = self.pair_directions[idx.to(self.pair_directions.device)]
+                pair_batch = (self.image_feats[rows[:, 0]], self.image_feats[rows[:, 1]], rows[:, 2].to(self.device))
+                if mix_captions:
+                    crows = self.caption_index[caption_batch(step, len(self.captions), cap_batch, cfg.seed, dist_info)]
+                    caption_batch_ = (self.image_feats[crows[:, 0]], crows[:, 1].to(self.device))
+            else:
+                rows = self.caption_index[idx]
+                caption_batch_ = (self.image_feats[rows[:, 0]], rows[:, 1].to(self.device))
+            loss, pc, clip, probe = objective(pair_batch, caption_batch_, directions)
+            return loss, (pc, clip, probe)
+
         epoch_losses: list[float] = []
-        for epoch in range(start_epoch, cfg.epochs):
-            if step >= total:
-                break
-            sampler.set_epoch(epoch)
-            set_train_mode(self.model, self.parts)
-            for b, idx in enumerate(batches):
-                if epoch == start_epoch and b < start_batch:
-                    continue
-                if step >= total:
-                    break
-                idx = torch.tensor(idx, dtype=torch.long)
-                pair_batch = caption_batch_ = directions = None
-                if pairs_primary:
-                    rows = self.pair_index[idx]
-                    if self.pair_directions is not None:
-                        directions = self.pair_directions[idx.to(self.pair_directions.device)]
-                    pair_batch = (self.image_feats[rows[:, 0]], self.image_feats[rows[:, 1]], rows[:, 2].to(self.device))
-                    if mix_captions:
-                        crows = self.caption_index[caption_batch(step, len(self.captions), cap_batch, cfg.seed, dist_info)]
-                        caption_batch_ = (self.image_feats[crows[:, 0]], crows[:, 1].to(self.device))
-                else:
-                    rows = self.caption_index[idx]
-                    caption_batch_ = (self.image_feats[rows[:, 0]], rows[:, 1].to(self.device))
-                loss, pc, clip, probe = objective(pair_batch, caption_batch_, directions)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip) if cfg.grad_clip > 0 else None
-                optimizer.step()
-                scheduler.step()
-                if "logit-scale" in self.parts:
-                    with torch.no_grad():
-                        self.model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
-                step += 1
-                epoch_losses.append(loss.item())
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss.item():.4f}", epoch=epoch)
-                if dist_info.is_main:
-                    self._log({"event": "step", "step": step, "epoch": epoch, "loss": loss.item(),
-                               "pc_loss": None if pc is None else pc.item(), "clip_loss": None if clip is None else clip.item(),
-                               "probe_loss": None if probe is None else probe.item(),
-                               "lr": scheduler.get_last_lr()[0], "logit_scale": self.model.logit_scale.exp().item(),
-                               "grad_norm": None if grad_norm is None else float(grad_norm)})
-                    if cfg.save_every and step % cfg.save_every == 0 and step < total:
-                        self._save_last(optimizer, scheduler, epoch, b + 1, step)
+
+        def on_step(r: StepResult) -> None:
+            if "logit-scale" in self.parts:
+                with torch.no_grad():
+                    self.model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+            epoch = (r.step - 1) // steps_per_epoch
+            pc, clip, probe = r.details
+            epoch_losses.append(r.loss.item())
+            if dist_info.is_main:
+                self._log({"event": "step", "step": r.step, "epoch": epoch, "loss": r.loss.item(),
+                           "pc_loss": None if pc is None else pc.item(), "clip_loss": None if clip is None else clip.item(),
+                           "probe_loss": None if probe is None else probe.item(),
+                           "lr": r.lr, "logit_scale": self.model.logit_scale.exp().item(),
+                           "grad_norm": None if r.grad_norm is None else float(r.grad_norm)})
             # A run that stops at --max-steps inside an epoch did not complete that epoch: no epoch
             # checkpoint for it (the final weights follow), and its resume point stays mid-epoch.
-            epoch_complete = step % steps_per_epoch == 0
-            if dist_info.is_main and (epoch_complete or step >= total):
+            epoch_complete = r.step % steps_per_epoch == 0
+            if dist_info.is_main and (epoch_complete or r.step >= total):
                 if epoch_complete and cfg.save_epochs:
-                    self._save_model(f"epoch-{epoch + 1:03d}.safetensors", epoch + 1, step)
-                next_epoch, next_batch = (epoch + 1, 0) if epoch_complete else (epoch, step % steps_per_epoch)
-                self._save_last(optimizer, scheduler, next_epoch, next_batch, step)
-                self._log({"event": "epoch" if epoch_complete else "stopped", "epoch": epoch + 1, "step": step,
+                    self._save_model(f"epoch-{epoch + 1:03d}.safetensors", epoch + 1, r.step)
+                loop.save()
+                self._log({"event": "epoch" if epoch_complete else "stopped", "epoch": epoch + 1, "step": r.step,
                            "mean_loss": float(np.mean(epoch_losses)) if epoch_losses else None})
-            epoch_losses = []
-        bar.close()
+            if epoch_complete or r.step >= total:
+                epoch_losses.clear()
+
+        step = loop.run(step_loss, on_step, desc="train", disable=None if dist_info.is_main else True)
         return self._finish(step, total)
 
     def _truncate_metrics(self, step: int) -> None:
