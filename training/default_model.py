@@ -962,13 +962,12 @@ def reevaluate_everyday(out: str | Path) -> dict:
     from training.evaluate_everyday import build_everyday_setup, evaluate_everyday
     from training.features import default_cache_dir
 
+    from training.data import default_data_dir
+
     out = Path(out)
     report = json.loads((out / "report.json").read_text())
     cfg = report.get("config", {})
-    root = Path(cfg.get("data") or "") if cfg.get("data") else None
-    from training.data import default_data_dir
-
-    root = root or default_data_dir()
+    root = Path(cfg["data"]) if cfg.get("data") else default_data_dir()
     everyday = build_everyday_setup(root)
     models = [embed_model(name, f"pcclip-mini:{out / fname}", everyday.paths(), root, default_cache_dir())
               for name, fname in (("base", "pcclip-mini-base.safetensors"), ("pcclip", "pcclip-mini.safetensors"))]

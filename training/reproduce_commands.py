@@ -46,9 +46,7 @@ def _run(args) -> int:
     if args.reevaluate_run:
         from training.default_model import reevaluate_everyday
 
-        report = reevaluate_everyday(args.reevaluate_run)
-        for t in report["targets"]:
-            print(f"{'MET   ' if t['met'] else 'MISSED'} {t['target']}: {t['figure']}")
+        _print_targets(reevaluate_everyday(args.reevaluate_run))
     if args.install_run:
         from training.default_model import install_run
 
@@ -66,7 +64,10 @@ def _run(args) -> int:
         cfg.short_fraction = args.short_fraction
     if args.pair_top_k is not None:
         cfg.pair_top_k = args.pair_top_k or None
-    report = reproduce(cfg)
+    _print_targets(reproduce(cfg))
+    return 0
+
+
+def _print_targets(report: dict) -> None:
     for t in report["targets"]:
         print(f"{'MET   ' if t['met'] else 'MISSED'} {t['target']}: {t['figure']}")
-    return 0
