@@ -80,8 +80,8 @@ class ReproduceConfig:
     short_fraction: float = 0.3  # share of training pairs phrased as a short comparative ("a larger bird")
     probe_weight: float = 10.0  # weight of the attribute-direction loss (see `AttributeProbe`; 0: the paper's loss alone)
     probe_ridge: float = 1.0  # ridge penalty of the attribute probe
-    awa2_probe: bool = False  # the attribute-direction loss also on AwA2 pairs (a probe fitted on the seen animals' photos)
-    anchor_weight: float = 0.0  # PC-CLIP: keep everyday texts (class prompts, captions) at their base embeddings
+    awa2_probe: bool = True  # the attribute-direction loss also on AwA2 pairs (a probe fitted on the seen animals' photos)
+    anchor_weight: float = 1.0  # PC-CLIP: keep everyday texts (class prompts, captions) at their base embeddings (0: off)
     anchor_batch: int = 128
     awa2_pairs: int = 6000  # AwA2 attribute-difference pairs of photos of the seen animals
     coco_pairs: int = 3000  # caption-difference pairs of COCO train2017 photos

@@ -19,9 +19,9 @@ def register(subparsers) -> None:
     p.add_argument("--probe-weight", type=float, default=None,
                    help="weight of the attribute-direction loss in PC-CLIP (0: the paper's loss alone)")
     p.add_argument("--awa2-probe", action=argparse.BooleanOptionalAction, default=None,
-                   help="the attribute-direction loss also on AwA2 pairs (a probe fitted on the seen animals' photos)")
+                   help="the attribute-direction loss also on AwA2 pairs (a probe fitted on the seen animals' photos; default on)")
     p.add_argument("--anchor-weight", type=float, default=None,
-                   help="PC-CLIP: weight of keeping everyday texts at their base embeddings (0: off)")
+                   help="PC-CLIP: weight of keeping everyday texts at their base embeddings (default 1; 0: off)")
     p.add_argument("--no-ablation", action="store_true", help="skip the extra PC-CLIP run with the paper's loss alone")
     p.add_argument("--max-photos-per-class", type=int, default=None, help="CUB test photos per class in the evaluation (default all)")
     p.add_argument("--awa2-pairs", type=int, default=None, help="AwA2 attribute-difference pairs in PC-CLIP")
