@@ -1,12 +1,14 @@
 """The Quickstart's `pcclip serve` (no --model, no --backend): ready time, libtorch, memory.
 
-    .venv/bin/python -m bench.default_serve [--requests 1000] [--starts 3] [--torch]
+    .venv/bin/python -m bench.default_serve [--requests 1000] [--starts 3] [--torch] [--env '{"PCCLIP_...": "..."}']
 
 The default serves pcclip-mini's ONNX bundle from the bundle cache (`service/bundle_cache.py`).
 The cache is filled first if empty (the build time is printed, and not counted in the starts).
 Then: `--starts` fresh processes, each timed from process start to the first 200 from /readyz;
 whether the serving process maps libtorch (`/proc/PID/maps`); its RSS after `--requests`
-requests of the soak mix (bench/soak.py) at concurrency 16. `--torch` also starts
+requests of the soak mix (bench/soak.py) at concurrency 16, read 3 s after the last one (the
+service hands its towers' working memory back after 1 s idle), with the RSS right after the last
+request and the peak during them (sampled every 50 ms) beside it. `--torch` also starts
 `pcclip serve --backend torch` once, for the same figures beside them.
 Targets: ready < 3 s (median), no libtorch mapped, RSS after 1,000 mixed requests < 400 MB.
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 import json
 import statistics
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -26,6 +29,9 @@ from bench.harness import RedisServer, ServeProcess, b64, bench_parser, run_load
 from bench.peer import ensure_checkout
 from bench.serving import finish, machine_note
 from bench.soak import BASE_CLASSES, BASE_STORE, mixed_requests
+
+
+IDLE_S = 3.0  # RSS is read this long after the load, and also right after it and at its peak
 
 
 def _has_libtorch(server: ServeProcess) -> bool:
@@ -36,12 +42,28 @@ def _serve_figures(server: ServeProcess, requests: int, concurrency: int, photos
     import httpx
 
     httpx.put(f"{server.base_url}/v1/stores/{BASE_STORE}", json={"classes": BASE_CLASSES}, timeout=120).raise_for_status()
-    report = run_load(server.base_url, mixed_requests(requests, photos_b64, seed=1), concurrency, deadline_s=900)
+    peak, done = [server.rss_bytes()], threading.Event()
+
+    def sample_rss():  # the peak during the load, beside the figure after it
+        while not done.wait(0.05):
+            peak[0] = max(peak[0], server.rss_bytes())
+
+    sampler = threading.Thread(target=sample_rss, daemon=True)
+    sampler.start()
+    try:
+        report = run_load(server.base_url, mixed_requests(requests, photos_b64, seed=1), concurrency, deadline_s=900)
+    finally:
+        done.set()
+        sampler.join()
+    right_after = server.rss_bytes()
+    time.sleep(IDLE_S)  # the service hands its towers' working memory back after 1 s idle (PCCLIP_IDLE_MEMORY_RELEASE_S)
     ready = httpx.get(f"{server.base_url}/readyz", timeout=10).json()
     return {
         "backend": ready.get("backend"),
         "libtorch_mapped": _has_libtorch(server),
         "rss_mb": server.rss_bytes() / 2**20,
+        "rss_right_after_load_mb": right_after / 2**20,
+        "peak_rss_during_load_mb": peak[0] / 2**20,
         "statuses": report.by_status,
         "req_per_s": report.throughput(),
     }
@@ -50,13 +72,15 @@ def _serve_figures(server: ServeProcess, requests: int, concurrency: int, photos
 def main(argv=None) -> int:
     parser = bench_parser(__doc__, requests=1000, concurrency=16)
     parser.add_argument("--starts", type=int, default=3)
+    parser.add_argument("--env", default="{}", help="JSON object added to the environment of this checkout's servers (A/B of a setting)")
     parser.add_argument("--torch", action="store_true", help="also measure `pcclip serve --backend torch` once")
     parser.add_argument("--old-commit", default=None, help="also time the starts of this commit's code, in turns")
     parser.add_argument("--old-tree", default="/tmp/pcclip-bench-old-start", help="worktree of --old-commit (made if missing)")
     args = parser.parse_args(argv)
     from service.bundle_cache import cached_bundle_path, resolve_bundle
 
-    out: dict = {"machine_before": machine_note()}
+    env = json.loads(args.env)
+    out: dict = {"machine_before": machine_note(), "env": env}
     bundle = cached_bundle_path("pcclip-mini")
     if not (bundle / "manifest.json").exists():
         t0 = time.perf_counter()
@@ -71,7 +95,7 @@ def main(argv=None) -> int:
             starts, old_starts = [], []
             old_tree = ensure_checkout(args.old_commit, args.old_tree) if args.old_commit else None
             for i in range(args.starts):
-                with ServeProcess(None, redis.url, Path(tmp) / f"cold-{i}.log") as server:
+                with ServeProcess(None, redis.url, Path(tmp) / f"cold-{i}.log", env=env) as server:
                     starts.append(server.cold_start_s)
                     libtorch = _has_libtorch(server)
                 if old_tree is not None:  # its own `pcclip serve` default: the same cached bundle (same weights and export code)
@@ -84,7 +108,7 @@ def main(argv=None) -> int:
                 out.update(old_commit=args.old_commit, old_ready_s=old_starts, old_ready_median_s=statistics.median(old_starts))
                 print(f"{args.old_commit}: ready after {', '.join(f'{s:.2f}' for s in old_starts)} s (median {out['old_ready_median_s']:.2f} s); "
                       f"this / old {out['ready_median_s'] / out['old_ready_median_s']:.2f}", flush=True)
-            with ServeProcess(None, redis.url, Path(tmp) / "serve.log") as server:
+            with ServeProcess(None, redis.url, Path(tmp) / "serve.log", env=env) as server:
                 out["onnx"] = _serve_figures(server, args.requests, args.concurrency, photos_b64)
             print(f"default serve after {args.requests} mixed requests: {json.dumps(out['onnx'])}", flush=True)
             if args.torch:

@@ -109,6 +109,10 @@ class Encoder(ABC):
         """Texts -> normalised float32 [N, D]."""
         return self.encode_tokens(self.tokenize(texts))
 
+    def release_memory(self) -> None:
+        """Hand back the memory the backend keeps between tower calls for the next one (nothing here);
+        a server calls it when its towers are idle."""
+
     def info(self) -> dict:
         """What a client or /readyz wants to know about the model."""
         return {

@@ -140,13 +140,24 @@ def choose_providers(providers: list | None = None) -> list:
     return [CUDA_PROVIDER, CPU_PROVIDER] if CUDA_PROVIDER in available else [CPU_PROVIDER]
 
 
-def session_options(intra_op_threads: int | None = None, cpu_mem_arena: bool | None = None, allow_spinning: bool | None = None):
+def _env_flag(name: str) -> bool | None:
+    """An on/off environment variable: True for 1/true/yes, False for anything else, None when unset or empty."""
+    value = os.environ.get(name, "").strip().lower()
+    return None if not value else value in ("1", "true", "yes")
+
+
+def session_options(intra_op_threads: int | None = None, cpu_mem_arena: bool | None = None, allow_spinning: bool | None = None,
+                    arena_by_default: bool = False):
     """ORT session options: full graph optimisation, sequential execution, bounded threads, no spinning.
 
-    The CPU memory arena is off unless `cpu_mem_arena` (or PCCLIP_ORT_CPU_ARENA=1) turns it on:
-    the arena keeps the peak of every batch size it has seen (a served process grew from 250 MB
-    to ~880 MB after batches of 32 images), and on CPU it bought no measurable speed
-    (docs/benchmarks.md).
+    The CPU memory arena: `cpu_mem_arena`, else PCCLIP_ORT_CPU_ARENA (1 on, 0 off), else
+    `arena_by_default` (the image tower's session). Without it every run allocates its tensors
+    afresh and the kernel zero-fills every page of them: a batch of 8 photos through the image CNN
+    took 13,300 page faults and 1.5x the CPU time of a run in the arena (docs/benchmarks.md). But
+    the arena keeps the peak of every batch size it has seen (a served process grew from 250 MB to
+    ~880 MB after batches of 32 images with it on for both towers), so the service hands the image
+    tower's back when the tower is idle (`OnnxEncoder.release_memory`), and the text tower, whose
+    runs are small and come in many shapes, runs without it.
 
     The intra-op threads do not spin-wait for work unless `allow_spinning` (or
     PCCLIP_ORT_SPINNING=1) says so: ORT's default spinning burns the CPU that the event loop, the
@@ -158,18 +169,27 @@ def session_options(intra_op_threads: int | None = None, cpu_mem_arena: bool | N
 
     opts = ort.SessionOptions()
     if cpu_mem_arena is None:
-        cpu_mem_arena = os.environ.get("PCCLIP_ORT_CPU_ARENA", "0").strip().lower() in ("1", "true", "yes")
-    opts.enable_cpu_mem_arena = bool(cpu_mem_arena)
+        cpu_mem_arena = _env_flag("PCCLIP_ORT_CPU_ARENA")
+    opts.enable_cpu_mem_arena = bool(arena_by_default if cpu_mem_arena is None else cpu_mem_arena)
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     threads = intra_op_threads if intra_op_threads is not None else int(os.environ.get("PCCLIP_ORT_THREADS", "0"))
     opts.intra_op_num_threads = max(0, int(threads))  # 0: ORT picks (one per physical core)
     opts.inter_op_num_threads = 1
     if allow_spinning is None:
-        allow_spinning = os.environ.get("PCCLIP_ORT_SPINNING", "0").strip().lower() in ("1", "true", "yes")
+        allow_spinning = bool(_env_flag("PCCLIP_ORT_SPINNING"))
     opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
     opts.log_severity_level = 3
     return opts
+
+
+def arena_release_options():
+    """Run options that hand the CPU memory arena's free chunks back at the end of the run."""
+    import onnxruntime as ort
+
+    options = ort.RunOptions()
+    options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+    return options
 
 
 class OnnxEncoder(Encoder):
@@ -177,12 +197,15 @@ class OnnxEncoder(Encoder):
 
     backend = "onnxruntime"
 
-    def __init__(self, image_session, text_session, manifest: dict, path: str | Path, max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS, **kwargs):
+    def __init__(self, image_session, text_session, manifest: dict, path: str | Path, max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+                 image_arena: bool = False, **kwargs):
         self.image_session = image_session
         self.text_session = text_session
         self.manifest = manifest
         self.path = str(path)
         self._image_input = image_session.get_inputs()[0].name
+        # with an arena, release_memory hands it back; without one there is nothing to give
+        self._release_options = arena_release_options() if image_arena else None
         text_input = text_session.get_inputs()[0]
         self._text_input = text_input.name
         # A named or unknown dim (str/None) is dynamic; an int is an older bundle's fixed context.
@@ -200,6 +223,13 @@ class OnnxEncoder(Encoder):
 
     def _run_image(self, pixels: np.ndarray) -> np.ndarray:
         return self.image_session.run(None, {self._image_input: np.ascontiguousarray(pixels, dtype=np.float32)})[0]
+
+    def release_memory(self) -> None:
+        """Hand the image tower's arena back to the OS. ONNX Runtime shrinks an arena only at the end of
+        a run that asks for it, so this is one run of a single blank image (not counted as a tower call)."""
+        if self._release_options is not None:
+            h, w = self.preprocess_cfg.image_size
+            self.image_session.run(None, {self._image_input: np.zeros((1, 3, h, w), np.float32)}, self._release_options)
 
     def encode_tokens(self, ids: np.ndarray) -> np.ndarray:
         """Token ids -> normalised [N, D]; with a dynamic sequence axis, texts of similar length share
@@ -246,10 +276,10 @@ def load_bundle_encoder(
     preprocess_cfg = PreprocessConfig.from_dict(json.loads((root / manifest["preprocess_file"]).read_text()))
     tokenizer = make_tokenizer(root, manifest["tokenizer"])
     chosen = choose_providers(providers)
-    opts = session_options(intra_op_threads)
+    image_opts = session_options(intra_op_threads, arena_by_default=True)
     try:
-        image_session = ort.InferenceSession(str(root / manifest["image"]["file"]), sess_options=opts, providers=chosen)
-        text_session = ort.InferenceSession(str(root / manifest["text"]["file"]), sess_options=opts, providers=chosen)
+        image_session = ort.InferenceSession(str(root / manifest["image"]["file"]), sess_options=image_opts, providers=chosen)
+        text_session = ort.InferenceSession(str(root / manifest["text"]["file"]), sess_options=session_options(intra_op_threads), providers=chosen)
     except Exception as err:  # onnxruntime raises its own exception types
         raise BundleError(f"ONNX Runtime cannot load bundle {root}: {err}") from err
     encoder = OnnxEncoder(
@@ -258,6 +288,7 @@ def load_bundle_encoder(
         manifest,
         root,
         max_batch_tokens=max_batch_tokens,
+        image_arena=image_opts.enable_cpu_mem_arena,
         model_id=manifest["model_id"],
         fingerprint=manifest["fingerprint"],
         dim=manifest["embed_dim"],

@@ -11,7 +11,8 @@ Bulk work (`submit(..., bulk=True)`: the pieces of a class set being built) wait
 queue that is served only when the first is empty; a batch holds either ordinary work or at most
 `max_bulk_items` items of bulk work, so bulk work never delays an ordinary request by more than
 one small bulk batch, and never rides along in its tower call. A request whose caller was
-cancelled is skipped.
+cancelled is skipped. After a tower call, once `idle_s` pass with nothing submitted, `on_idle` runs
+in the tower's thread (the service hands the tower's working memory back to the OS there).
 """
 
 from __future__ import annotations
@@ -62,8 +63,12 @@ class TowerBatcher:
         cost: Callable[[np.ndarray], int] | None = None,
         max_batch_cost: int | None = None,
         max_bulk_items: int | None = None,
+        on_idle: Callable[[], None] | None = None,
+        idle_s: float = 0.0,
     ):
         self.tower = tower
+        self.on_idle = on_idle if idle_s > 0 else None
+        self.idle_s = float(idle_s)
         self.max_bulk_items = int(max_bulk_items) if max_bulk_items else None
         self.run = run
         self.max_batch_size = int(max_batch_size)
@@ -157,10 +162,30 @@ class TowerBatcher:
         self._set_depth()
         return batch
 
+    async def _wait_for_work(self, idle_since_run: bool) -> bool:
+        """Wait for the next submission; once `idle_s` pass without one after a tower call, run `on_idle`
+        in the tower's thread (once per idle spell). True when it ran."""
+        if not idle_since_run or self.on_idle is None:
+            await self._wakeup.wait()
+            return False
+        waiter = asyncio.ensure_future(self._wakeup.wait())
+        done, _ = await asyncio.wait({waiter}, timeout=self.idle_s)
+        if done:
+            return False
+        waiter.cancel()
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._executor, self.on_idle)
+        except Exception:  # a failed release must not stop the tower
+            log.exception("%s tower: releasing idle memory failed", self.tower)
+        return True
+
     async def _worker(self) -> None:
         loop = asyncio.get_running_loop()
+        ran = False  # a tower call since the last on_idle
         while not self._stopping:
-            await self._wakeup.wait()
+            if await self._wait_for_work(ran):
+                ran = False
+                continue
             self._wakeup.clear()
             if not self._queue and not self._bulk:
                 continue
@@ -179,6 +204,7 @@ class TowerBatcher:
             if not batch:
                 continue
             started = time.perf_counter()
+            ran = True
             inputs = np.concatenate([b.inputs for b in batch], axis=0)
             if self.metrics:
                 for b in batch:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import ctypes.util
 import io
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -16,21 +14,12 @@ from models.encoders import Encoder
 from models.images import ImageDecodeError, ImageLimits, decode_image
 from models.tokenization import token_lengths
 from service.batcher import QueueFull, TowerBatcher
+from service.memory import release_freed_memory
 from service.metrics import ServiceMetrics
 from service.settings import Settings
 from service.text_cache import TextEmbeddingCache
 
 LARGE_DECODE_PIXELS = 4_000_000  # after decoding an image this large, hand freed memory back to the OS
-_LIBC = ctypes.CDLL(ctypes.util.find_library("c")) if ctypes.util.find_library("c") else None
-
-
-def release_freed_memory() -> None:
-    """glibc keeps the freed buffers of a large decode in its heap (its mmap threshold grows with
-    each large free), so a process would stay at its peak: malloc_trim hands them back. No-op
-    where there is no glibc."""
-    trim = getattr(_LIBC, "malloc_trim", None)
-    if trim is not None:
-        trim(0)
 
 
 def check_pixel_budget(images: list[bytes], max_pixels: int) -> None:
@@ -61,26 +50,33 @@ class InferenceEngine:
         self.draft_min_side = int(margin * max(encoder.preprocess_cfg.image_size)) if margin > 0 else None
         self.text_cache = TextEmbeddingCache(settings.text_cache_size, metrics)
         self._preprocess_pool = ThreadPoolExecutor(settings.preprocess_threads, thread_name_prefix="pcclip-preprocess")
-        batching = dict(max_wait_ms=settings.max_wait_ms, queue_limit=settings.queue_limit, metrics=metrics)
+        batching = dict(max_wait_ms=settings.max_wait_ms, queue_limit=settings.queue_limit, metrics=metrics,
+                        idle_s=settings.idle_memory_release_s)
         if getattr(encoder, "dynamic_sequence", False):
             # Texts run at their own length: a tower call is bounded by tokens (TEI's max-batch-tokens),
             # and the encoder splits it into runs of similar length of at most max_batch_size texts.
             pad_id = getattr(encoder.tokenizer, "pad_id", 0)
             self.text_batcher = TowerBatcher(
-                "text", encoder.encode_tokens, max_batch_size=settings.max_batch_tokens,
+                "text", encoder.encode_tokens, max_batch_size=settings.max_batch_tokens, on_idle=release_freed_memory,
                 cost=lambda ids: int(token_lengths(ids, pad_id).sum()), max_batch_cost=settings.max_batch_tokens,
                 max_bulk_items=settings.bulk_batch_size, **batching,
             )
         else:
             self.text_batcher = TowerBatcher("text", encoder.encode_tokens, max_batch_size=settings.max_batch_size,
-                                             max_bulk_items=settings.bulk_batch_size, **batching)
-        self.image_batcher = TowerBatcher("image", encoder.encode_pixels, max_batch_size=settings.max_batch_size, **batching)
+                                             max_bulk_items=settings.bulk_batch_size, on_idle=release_freed_memory, **batching)
+        self.image_batcher = TowerBatcher("image", encoder.encode_pixels, max_batch_size=settings.max_batch_size,
+                                          on_idle=self._release_image_memory, **batching)
         # items admitted per tower and not answered yet (decoding/tokenizing, queued or running):
         # admission is refused at once past queue_limit, before any decoding work is queued
         self.queue_limit = int(settings.queue_limit)
         self.in_flight = {"text": 0, "image": 0}
         self.bulk_batch_size = int(settings.bulk_batch_size)
         self.max_request_pixels = int(settings.max_request_pixels)
+
+    def _release_image_memory(self) -> None:
+        """The image tower has been idle: its working memory (ONNX Runtime's arena) and the heaps' free pages go back to the OS."""
+        self.encoder.release_memory()
+        release_freed_memory()
 
     def start(self) -> None:
         self.text_batcher.start()

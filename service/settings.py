@@ -67,6 +67,11 @@ class Settings(BaseSettings):
         0.0, ge=0, description="0: off; m > 0: decode JPEGs reduced (1/2, 1/4, 1/8) while both sides stay >= m x the model's input side "
         "(faster on large photos, not within the export's parity gate at m = 1: docs/benchmarks.md)"
     )
+    # memory
+    idle_memory_release_s: float = Field(
+        1.0, ge=0, description="a tower idle this long hands its working memory back to the OS (ONNX Runtime's image arena, "
+        "glibc's free heap pages); 0: never"
+    )
     # caches
     text_cache_size: int = Field(10_000, ge=0, description="text embeddings kept in the LRU cache (0: off)")
     explain_subject: str = Field("", description="default noun of the built-in /v1/explain sentences (empty: subject-neutral)")

@@ -78,6 +78,26 @@ def test_provider_is_reported_and_session_options_apply(mini_bundle):
     assert enc.image_session.get_session_options().intra_op_num_threads == 1
 
 
+def test_the_image_tower_keeps_its_arena_between_runs_and_hands_it_back_on_release(mini_bundle):
+    import psutil
+
+    enc = load_bundle_encoder(mini_bundle, batch_size=32)
+    assert enc.image_session.get_session_options().enable_cpu_mem_arena
+    assert not enc.text_session.get_session_options().enable_cpu_mem_arena  # many small shapes: no arena
+    pixels = np.random.default_rng(0).normal(size=(24, 3, 224, 224)).astype(np.float32)
+    process = psutil.Process()
+    kept = enc.encode_pixels(pixels)  # the arena now holds a batch of 24's tensors (> 100 MB)
+    held = process.memory_info().rss
+    again = enc.encode_pixels(pixels[:1])
+    assert process.memory_info().rss >= held - (16 << 20)  # kept for the next run
+    calls = dict(enc.calls)
+    enc.release_memory()
+    assert held - process.memory_info().rss > 64 << 20  # handed back
+    assert enc.calls == calls  # the release is not a tower call
+    np.testing.assert_allclose(enc.encode_pixels(pixels[:1]), kept[:1], atol=1e-5)
+    np.testing.assert_allclose(again, kept[:1], atol=1e-5)
+
+
 def _tampered_copy(bundle, tmp_path):
     copy = tmp_path / "bundle"
     shutil.copytree(bundle, copy)
