@@ -72,14 +72,17 @@ def image_load(server: ServeProcess, photos_b64: list[str], n: int, concurrency:
 
     def batch_metrics():
         text = httpx.get(f"{server.base_url}/metrics", timeout=10).text
-        return (metric_value(text, "pcclip_batch_size_sum", tower="image"), metric_value(text, "pcclip_batch_size_count", tower="image"))
+        return (metric_value(text, "pcclip_batch_size_sum", tower="image"), metric_value(text, "pcclip_batch_size_count", tower="image"),
+                metric_value(text, "pcclip_inference_seconds_sum", tower="image"), metric_value(text, "pcclip_preprocess_seconds_sum", kind="image"))
 
     before = batch_metrics()
     reqs = [Request("POST", "/v1/embed", {"images": [photos_b64[i % len(photos_b64)]]}, "image") for i in range(n)]
     report = run_load(server.base_url, reqs, concurrency, deadline_s=300)
     after = batch_metrics()
     return {"images_per_s": report.count(lambda r: r.status == 200) / report.wall_s, "wall_s": report.wall_s,
-            "mean_batch": (after[0] - before[0]) / max(after[1] - before[1], 1), "statuses": report.by_status, **report.percentiles()}
+            "mean_batch": (after[0] - before[0]) / max(after[1] - before[1], 1), "statuses": report.by_status, **report.percentiles(),
+            # seconds of tower calls (summed over the calls running at once) and of decoding, per second of the load
+            "tower_call_s_per_s": (after[2] - before[2]) / report.wall_s, "decode_s_per_s": (after[3] - before[3]) / report.wall_s}
 
 
 def cpu_seconds(proc) -> float:
@@ -153,7 +156,8 @@ def main(argv=None) -> int:
                     print(f"round {r + 1}: service {s:.1f} images/s (batch {row['service']['mean_batch']:.1f}, p50 {row['service']['p50'] * 1e3:.0f} ms); "
                           f"raw at batch {batch}: {row['raw_service_options']:.1f} (service's options), {row['raw_ort_defaults']:.1f} (ORT defaults); "
                           f"service / raw {row['over_raw_service_options']:.2f} / {row['over_raw_ort_defaults']:.2f}; "
-                          f"CPU of {os.cpu_count()} cores: server {row['cpu']['server_share_of_cores']:.0%}, client {row['cpu']['client_share_of_cores']:.0%}",
+                          f"CPU of {os.cpu_count()} cores: server {row['cpu']['server_share_of_cores']:.0%}, client {row['cpu']['client_share_of_cores']:.0%}; "
+                          f"tower calls {row['service']['tower_call_s_per_s']:.2f} s/s, decoding {row['service']['decode_s_per_s']:.2f} s/s",
                           flush=True)
                     if "perf_by_step" in row:
                         print("  server CPU by step (perf): " + ", ".join(f"{k} {v:.1f}%" for k, v in sorted(row["perf_by_step"].items(), key=lambda kv: -kv[1])))

@@ -261,8 +261,12 @@ def load_bundle_encoder(
     verify: bool = True,
     image_limits=None,
     max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+    image_intra_op_threads: int | None = None,
 ) -> OnnxEncoder:
-    """Load a bundle directory as an `OnnxEncoder`, after checking its files' sha256."""
+    """Load a bundle directory as an `OnnxEncoder`, after checking its files' sha256.
+
+    `intra_op_threads` (None: PCCLIP_ORT_THREADS, else ONNX Runtime's choice) applies to both towers;
+    `image_intra_op_threads` to the image tower instead (a server running several image calls at once)."""
     try:
         import onnxruntime as ort
     except ImportError as err:
@@ -276,7 +280,7 @@ def load_bundle_encoder(
     preprocess_cfg = PreprocessConfig.from_dict(json.loads((root / manifest["preprocess_file"]).read_text()))
     tokenizer = make_tokenizer(root, manifest["tokenizer"])
     chosen = choose_providers(providers)
-    image_opts = session_options(intra_op_threads, arena_by_default=True)
+    image_opts = session_options(image_intra_op_threads or intra_op_threads, arena_by_default=True)
     try:
         image_session = ort.InferenceSession(str(root / manifest["image"]["file"]), sess_options=image_opts, providers=chosen)
         text_session = ort.InferenceSession(str(root / manifest["text"]["file"]), sess_options=session_options(intra_op_threads), providers=chosen)

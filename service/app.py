@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import os
 import time
 from contextlib import asynccontextmanager
 
@@ -312,6 +313,13 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 # -- the app -------------------------------------------------------------------------------------
+def image_threads(settings: Settings) -> int:
+    """ONNX Runtime threads of one image tower call: PCCLIP_ORT_THREADS, else this process's cores
+    shared by the `image_workers` calls that run at once."""
+    explicit = int(os.environ.get("PCCLIP_ORT_THREADS", "0") or 0)
+    return explicit if explicit > 0 else max(1, len(os.sched_getaffinity(0)) // settings.image_workers)
+
+
 def create_app(settings: Settings | None = None, encoder: Encoder | None = None) -> FastAPI:
     """Build the service. `encoder` (already loaded) skips loading `settings.model`."""
     settings = settings or Settings()
@@ -329,7 +337,8 @@ def create_app(settings: Settings | None = None, encoder: Encoder | None = None)
 
                 spec = await asyncio.to_thread(resolve_bundle, spec, settings.bundle_cache_dir)
             log.info("loading model %s", spec)
-            extra = {"max_batch_tokens": settings.max_batch_tokens} if parse_spec(spec).kind == "bundle" else {}
+            extra = {"max_batch_tokens": settings.max_batch_tokens, "image_intra_op_threads": image_threads(settings)} \
+                if parse_spec(spec).kind == "bundle" else {}
             svc.encoder = await asyncio.to_thread(load_encoder, spec, device=settings.device, batch_size=settings.max_batch_size, **extra)
         else:
             svc.encoder = encoder

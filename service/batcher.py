@@ -65,8 +65,11 @@ class TowerBatcher:
         max_bulk_items: int | None = None,
         on_idle: Callable[[], None] | None = None,
         idle_s: float = 0.0,
+        workers: int = 1,
     ):
         self.tower = tower
+        self.workers = max(1, int(workers))  # tower calls running at once, each in a thread of its own
+        self._running: set[asyncio.Task] = set()
         self.on_idle = on_idle if idle_s > 0 else None
         self.idle_s = float(idle_s)
         self.max_bulk_items = int(max_bulk_items) if max_bulk_items else None
@@ -84,7 +87,7 @@ class TowerBatcher:
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self._stopping = False
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"pcclip-{tower}")
+        self._executor = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix=f"pcclip-{tower}")
 
     @property
     def pending_items(self) -> int:
@@ -102,6 +105,10 @@ class TowerBatcher:
             self._task.cancel()
             await asyncio.wait({self._task}, timeout=5.0)  # bounded: shutdown never hangs on a tower call
             self._task = None
+        for task in list(self._running):  # their requests get the error below
+            task.cancel()
+        if self._running:
+            await asyncio.wait(set(self._running), timeout=5.0)
         for queue in (self._queue, self._bulk):
             while queue:
                 item = queue.popleft()
@@ -163,9 +170,9 @@ class TowerBatcher:
         return batch
 
     async def _wait_for_work(self, idle_since_run: bool) -> bool:
-        """Wait for the next submission; once `idle_s` pass without one after a tower call, run `on_idle`
-        in the tower's thread (once per idle spell). True when it ran."""
-        if not idle_since_run or self.on_idle is None:
+        """Wait for the next submission (or a finished tower call); once `idle_s` pass with neither after a
+        tower call, and none running, run `on_idle` in a tower thread (once per idle spell). True when it ran."""
+        if not idle_since_run or self.on_idle is None or self._running:
             await self._wakeup.wait()
             return False
         waiter = asyncio.ensure_future(self._wakeup.wait())
@@ -180,15 +187,14 @@ class TowerBatcher:
         return True
 
     async def _worker(self) -> None:
-        loop = asyncio.get_running_loop()
         ran = False  # a tower call since the last on_idle
         while not self._stopping:
             if await self._wait_for_work(ran):
                 ran = False
                 continue
             self._wakeup.clear()
-            if not self._queue and not self._bulk:
-                continue
+            if (not self._queue and not self._bulk) or len(self._running) >= self.workers:
+                continue  # nothing to do, or every tower thread busy: a finished call wakes this up
             deadline = (self._queue or self._bulk)[0].enqueued + self.max_wait_s
             while not self._full(self._pending_items, self._pending_cost) and (wait := deadline - time.perf_counter()) > 0:
                 # asyncio.wait, not wait_for: wait_for can swallow a cancellation before Python 3.12
@@ -203,26 +209,37 @@ class TowerBatcher:
                 self._wakeup.set()  # more waiting: next round starts at once
             if not batch:
                 continue
-            started = time.perf_counter()
             ran = True
-            inputs = np.concatenate([b.inputs for b in batch], axis=0)
-            if self.metrics:
-                for b in batch:
-                    self.metrics.queue_wait.labels(self.tower).observe(started - b.enqueued)
-                self.metrics.batch_size.labels(self.tower).observe(len(inputs))
-            try:
-                out = await loop.run_in_executor(self._executor, self.run, inputs)
-            except Exception as err:  # a failing tower must not kill the worker
-                log.exception("%s tower failed on a batch of %d", self.tower, len(inputs))
-                for b in batch:
-                    if not b.future.done():
-                        b.future.set_exception(err)
-                continue
-            if self.metrics:
-                self.metrics.inference.labels(self.tower).observe(time.perf_counter() - started)
-            start = 0
+            task = asyncio.get_running_loop().create_task(self._run_batch(batch), name=f"batch-{self.tower}")
+            self._running.add(task)
+
+    async def _run_batch(self, batch: list[_Pending]) -> None:
+        """One tower call on a tower thread; each request of the batch gets its rows (or the error)."""
+        started = time.perf_counter()
+        inputs = np.concatenate([b.inputs for b in batch], axis=0)
+        if self.metrics:
             for b in batch:
-                rows = out[start : start + len(b.inputs)]
-                start += len(b.inputs)
+                self.metrics.queue_wait.labels(self.tower).observe(started - b.enqueued)
+            self.metrics.batch_size.labels(self.tower).observe(len(inputs))
+        try:
+            out = await asyncio.get_running_loop().run_in_executor(self._executor, self.run, inputs)
+        except BaseException as err:  # a failing tower must not kill the worker; shutdown cancels
+            if not isinstance(err, asyncio.CancelledError):
+                log.exception("%s tower failed on a batch of %d", self.tower, len(inputs))
+            for b in batch:
                 if not b.future.done():
-                    b.future.set_result(rows)
+                    b.future.set_exception(err if isinstance(err, Exception) else RuntimeError("service is shutting down"))
+            if not isinstance(err, Exception):
+                raise
+            return
+        finally:
+            self._running.discard(asyncio.current_task())
+            self._wakeup.set()  # a tower thread is free
+        if self.metrics:
+            self.metrics.inference.labels(self.tower).observe(time.perf_counter() - started)
+        start = 0
+        for b in batch:
+            rows = out[start : start + len(b.inputs)]
+            start += len(b.inputs)
+            if not b.future.done():
+                b.future.set_result(rows)

@@ -65,7 +65,7 @@ class InferenceEngine:
             self.text_batcher = TowerBatcher("text", encoder.encode_tokens, max_batch_size=settings.max_batch_size,
                                              max_bulk_items=settings.bulk_batch_size, on_idle=release_freed_memory, **batching)
         self.image_batcher = TowerBatcher("image", encoder.encode_pixels, max_batch_size=settings.max_batch_size,
-                                          on_idle=self._release_image_memory, **batching)
+                                          on_idle=self._release_image_memory, workers=settings.image_workers, **batching)
         # items admitted per tower and not answered yet (decoding/tokenizing, queued or running):
         # admission is refused at once past queue_limit, before any decoding work is queued
         self.queue_limit = int(settings.queue_limit)

@@ -63,6 +63,10 @@ class Settings(BaseSettings):
     max_wait_ms: float = Field(5.0, ge=0, description="how long a batch waits for more requests")
     queue_limit: int = Field(512, gt=0, description="items waiting per tower before 503 + Retry-After")
     preprocess_threads: int = Field(2, gt=0, description="threads decoding images and tokenizing")
+    image_workers: int = Field(
+        3, gt=0, description="image tower calls running at once, each on cores / this ONNX Runtime threads (at least 1; "
+        "PCCLIP_ORT_THREADS overrides): calls waiting on the GIL or on decoding leave cores to the others (docs/benchmarks.md)"
+    )
     jpeg_draft_margin: float = Field(
         0.0, ge=0, description="0: off; m > 0: decode JPEGs reduced (1/2, 1/4, 1/8) while both sides stay >= m x the model's input side "
         "(faster on large photos, not within the export's parity gate at m = 1: docs/benchmarks.md)"

@@ -93,3 +93,42 @@ def test_engine_decodes_jpegs_reduced_only_when_configured(encoder):
     assert InferenceEngine(encoder, Settings(), ServiceMetrics()).draft_min_side is None
     side = max(encoder.preprocess_cfg.image_size)
     assert InferenceEngine(encoder, Settings(jpeg_draft_margin=1.5), ServiceMetrics()).draft_min_side == int(1.5 * side)
+
+
+def test_with_two_workers_two_tower_calls_run_at_once_and_each_request_gets_its_rows():
+    import threading
+
+    both_running = threading.Barrier(2, timeout=20)  # a call returns only once another runs beside it
+
+    def run(x):
+        both_running.wait()
+        return x[:, :1].astype(np.float32)
+
+    batcher = TowerBatcher("image", run, max_batch_size=2, max_wait_ms=1, queue_limit=100, workers=2)
+    requests = [np.full((2, 1), i) for i in range(4)]
+    out = asyncio.run(_serve(batcher, requests))
+    assert [o[:, 0].tolist() for o in out] == [[i, i] for i in range(4)]
+
+
+def test_a_failing_call_fails_only_its_own_requests_while_another_runs():
+    import threading
+
+    started = threading.Barrier(2, timeout=20)
+
+    def run(x):
+        started.wait()
+        if x[0, 0] == 0:
+            raise RuntimeError("tower broke")
+        return x[:, :1].astype(np.float32)
+
+    batcher = TowerBatcher("image", run, max_batch_size=1, max_wait_ms=1, queue_limit=100, workers=2)
+
+    async def scenario():
+        batcher.start()
+        try:
+            return await asyncio.gather(batcher.submit(np.zeros((1, 1))), batcher.submit(np.ones((1, 1))), return_exceptions=True)
+        finally:
+            await batcher.stop()
+
+    failed, ok = asyncio.run(scenario())
+    assert isinstance(failed, RuntimeError) and ok.tolist() == [[1.0]]
