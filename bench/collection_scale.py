@@ -137,7 +137,7 @@ def measure(model: str, n: int, dtype: str, info: dict, workdir: Path, requests:
         shutil.rmtree(workdir / f"redis-{n}-{dtype}", ignore_errors=True)
 
 
-async def _in_process(redis_url: str, info: dict, n: int, dtype: str, requests: int, concurrency: int, seed: int = 2) -> dict:
+async def _in_process(redis_url: str, info: dict, n: int, dtype: str, requests: int, concurrency: int, index: str = "flat", seed: int = 2) -> dict:
     """The service's collection path without HTTP or a model: load from Redis, then concurrent rank/search
     requests (each: the freshness check against Redis, then the batched search pass), and beside them the
     cost of one pass (`ExactIndex.search`) and of the bare matrix product under it (the memory-bound floor)."""
@@ -154,7 +154,7 @@ async def _in_process(redis_url: str, info: dict, n: int, dtype: str, requests: 
     metrics = ServiceMetrics()
     stores = StoreRegistry(redis_url, info["model"], info["fingerprint"], metrics, timeout_s=60.0)
     await stores.start()
-    registry = CollectionRegistry(stores, info["model"], info["fingerprint"], metrics, dtype=dtype)
+    registry = CollectionRegistry(stores, info["model"], info["fingerprint"], metrics, dtype=dtype, index=index)
     load_s = await registry.start()
     rss = psutil.Process().memory_info().rss - rss_before
     coll = registry.cache.cached("synthetic")
@@ -186,15 +186,45 @@ async def _in_process(redis_url: str, info: dict, n: int, dtype: str, requests: 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     wall = time.perf_counter() - started
     load_after = os.getloadavg()
+    rss_after = psutil.Process().memory_info().rss - rss_before
     await stores.stop()
-    out = {"load_from_redis_s": round(load_s, 2), "process_memory_mb": round(rss / 2**20, 1), "items": len(coll.index),
+    out = {"load_from_redis_s": round(load_s, 2), "process_memory_mb": round(rss / 2**20, 1),
+           "process_memory_after_requests_mb": round(rss_after / 2**20, 1), "index_nbytes_mb": round(coll.index.nbytes / 2**20, 1), "items": len(coll.index),
            "requests": requests, "requests_per_s": round(requests / wall, 1),
            "loadavg_before": [round(x, 2) for x in load_before], "loadavg_after": [round(x, 2) for x in load_after]}
     for tag, lat in latencies.items():
         out[f"{tag}_p50_ms"] = round(float(np.percentile(lat, 50)), 1)
         out[f"{tag}_p99_ms"] = round(float(np.percentile(lat, 99)), 1)
     out.update(_pass_floor(coll.index, info["dim"], rng))
+    out.update(_recall(coll.index, n, info["dim"], rng))
     return out
+
+
+def _recall(index, n: int, dim: int, rng, queries: int = 50, k: int = 10) -> dict:
+    """recall@k of the index's search against the exact float32 scan of the same vectors (made again from
+    `fill`'s seed), over random queries and composed-search-like queries (an item's vector plus noise: many
+    near neighbours); the share of queries whose top-k ids are identical to the scan's."""
+    from service.vector_index import Query
+
+    exact = np.empty((n, dim), np.float32)
+    fill_rng = np.random.default_rng(0)
+    for start in range(0, n, BULK_ROWS):
+        count = min(BULK_ROWS, n - start)
+        v = fill_rng.standard_normal((count, dim), dtype=np.float32)
+        exact[start : start + count] = v / np.linalg.norm(v, axis=1, keepdims=True)
+    view = index.snapshot()
+    random_q = rng.standard_normal((queries // 2, dim), dtype=np.float32)
+    near_q = exact[rng.integers(n, size=queries - queries // 2)] + 0.05 * rng.standard_normal((queries - queries // 2, dim), dtype=np.float32)
+    q = np.concatenate([random_q, near_q])
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    found = index.search([Query(v, k) for v in q], view)
+    hits, identical = 0, 0
+    for v, got in zip(q, found):
+        truth = set(np.argsort(-(exact @ v))[:k].tolist())
+        ids = {int(h.id[1:]) for h in got}  # ids are v{row of the fill}
+        hits += len(truth & ids)
+        identical += truth == ids
+    return {"recall_at_10": round(hits / (k * len(q)), 4), "identical_top10_share": round(identical / len(q), 4), "recall_queries": len(q)}
 
 
 def _pass_floor(index, dim: int, rng, repeats: int = 7) -> dict:
@@ -223,13 +253,13 @@ def _pass_floor(index, dim: int, rng, repeats: int = 7) -> dict:
     return out
 
 
-def measure_in_process(n: int, dtype: str, info: dict, workdir: Path, requests: int, concurrency: int) -> dict:
+def measure_in_process(n: int, dtype: str, info: dict, workdir: Path, requests: int, concurrency: int, index: str = "flat") -> dict:
     redis = RedisServer(workdir / f"redis-{n}-{dtype}").start()
     try:
         fill_s = asyncio.run(fill(redis.url, info["model"], info["fingerprint"], info["dim"], n, bulk=True))
         redis_mem = int(redis.client().info("memory")["used_memory"])
-        point = asyncio.run(_in_process(redis.url, info, n, dtype, requests, concurrency))
-        return {"n": n, "dtype": dtype, "mode": "in-process", "bulk_fill_s": round(fill_s, 1), "redis_used_memory_mb": round(redis_mem / 2**20, 1),
+        point = asyncio.run(_in_process(redis.url, info, n, dtype, requests, concurrency, index))
+        return {"n": n, "dtype": dtype, "index": index, "mode": "in-process", "bulk_fill_s": round(fill_s, 1), "redis_used_memory_mb": round(redis_mem / 2**20, 1),
                 "matrix_mb": round(n * info["dim"] * (2 if dtype == "float16" else 4) / 2**20, 1), "concurrency": concurrency, **point}
     finally:
         redis.stop()
@@ -243,8 +273,9 @@ def plot(points: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
-    for dtype in sorted({p["dtype"] for p in points}):
-        pts = sorted((p for p in points if p["dtype"] == dtype), key=lambda p: p["n"])
+    for series in sorted({(p["dtype"], p.get("index", "flat")) for p in points}):
+        pts = sorted((p for p in points if (p["dtype"], p.get("index", "flat")) == series), key=lambda p: p["n"])
+        dtype = " ".join(series)
         ns = [p["n"] for p in pts]
         a.plot(ns, [p["rank_p99_ms"] for p in pts], "o-", label=f"rank p99 {dtype}")
         a.plot(ns, [p["search_p99_ms"] for p in pts], "s--", label=f"search p99 {dtype}")
@@ -276,6 +307,7 @@ def main(argv=None) -> int:
                         help="no HTTP server and no model: the registry's load and search in this process (random query vectors)")
     parser.add_argument("--dim", type=int, default=384, help="with --in-process: vector size")
     parser.add_argument("--add", action="store_true", help="with --in-process: add (or replace) these points in the existing JSON and plot")
+    parser.add_argument("--indexes", nargs="+", default=["flat"], choices=["flat", "int8"], help="with --in-process: PCCLIP_COLLECTION_INDEX kinds")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -288,11 +320,13 @@ def main(argv=None) -> int:
         with tempfile.TemporaryDirectory(prefix="pcclip-scale-") as tmp:
             for n in args.sizes:
                 for dtype in args.dtypes:
-                    point = measure_in_process(n, dtype, info, Path(tmp), args.requests, args.concurrency)
-                    print(json.dumps(point), flush=True)
-                    result["points"] = [p for p in result["points"] if (p["n"], p["dtype"]) != (n, dtype)] + [point]
-                    path.write_text(json.dumps(result, indent=1))  # after each point: a stopped run keeps what it measured
-                    plot(result["points"], out / "scale_in_process.png")
+                    for kind in args.indexes:
+                        point = measure_in_process(n, dtype, info, Path(tmp), args.requests, args.concurrency, kind)
+                        print(json.dumps(point), flush=True)
+                        key = (n, dtype, kind)
+                        result["points"] = [p for p in result["points"] if (p["n"], p["dtype"], p.get("index", "flat")) != key] + [point]
+                        path.write_text(json.dumps(result, indent=1))  # after each point: a stopped run keeps what it measured
+                        plot(result["points"], out / "scale_in_process.png")
         print(f"wrote {path} and {out / 'scale_in_process.png'}")
         return 0
     with tempfile.TemporaryDirectory(prefix="pcclip-scale-") as tmp:

@@ -351,7 +351,8 @@ def create_app(settings: Settings | None = None, encoder: Encoder | None = None)
                                    cache_size=settings.store_cache_size, max_stores=settings.max_stores)
         await svc.stores.start()
         svc.collections = CollectionRegistry(svc.stores, enc.model_id, enc.fingerprint, metrics,
-                                             dtype=settings.collection_dtype, log_length=settings.collection_log_length)
+                                             dtype=settings.collection_dtype, log_length=settings.collection_log_length,
+                                             index=settings.collection_index)
         svc.collections_loaded_in_s = await svc.collections.start()
         metrics.model_info.info({k: str(v) for k, v in enc.info().items()})
         metrics.model_loaded.set(1)

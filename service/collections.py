@@ -1,6 +1,6 @@
 """Collections: named sets of embedded items (id, vector, JSON metadata) in Redis, searched in process.
 
-Redis is the source of truth, shared by every replica; each replica keeps an `ExactIndex` (the
+Redis is the source of truth, shared by every replica; each replica keeps an index (`make_index`: the
 matrix) per collection, kept coherent by `service.coherence` (the class stores' mechanism, in its
 own namespace):
 
@@ -41,7 +41,7 @@ import numpy as np
 from service.coherence import REDIS_ERRORS, CoherentCache, RedisUnavailable, versioned_script
 from service.metrics import ServiceMetrics
 from service.stores import StoreRegistry, StoreUnavailable
-from service.vector_index import ExactIndex, Hit, Query, _View
+from service.vector_index import ExactIndex, Hit, Query, _View, index_kind, make_index
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +103,7 @@ class Collection:
         return {
             "name": self.name, "model": model, "fingerprint": fingerprint, "dim": self.dim, "count": len(self.index),
             "created_at": self.created_at, "description": self.description, "dtype": np.dtype(self.index.dtype).name,
+            "index": index_kind(self.index),
         }
 
 
@@ -110,12 +111,13 @@ class CollectionRegistry:
     """The collections of one model (id + fingerprint): Redis storage, per-replica indexes, batched search."""
 
     def __init__(self, stores: StoreRegistry, model_id: str, fingerprint: str, metrics: ServiceMetrics,
-                 dtype: str = "float32", log_length: int = 10_000, max_stale_s: float | None = None):
+                 dtype: str = "float32", log_length: int = 10_000, max_stale_s: float | None = None, index: str = "int8"):
         self.stores = stores  # the Redis connection and its up/down state
         self.model_id = model_id
         self.fingerprint = fingerprint
         self.metrics = metrics
         self.dtype = dtype
+        self.index_kind = index  # `make_index` kind: "int8" or "flat"
         self.log_length = int(log_length)
         self.prefix = f"pcclip:coll:{model_id}:{fingerprint}:"
         self.namespace = f"pcclip:collections:{model_id}:{fingerprint}"  # once a plain set of the names
@@ -260,7 +262,7 @@ class CollectionRegistry:
         dim = int(meta["dim"])
         coll = Collection(
             name=name, uid=meta["uid"], dim=dim, created_at=float(meta["created_at"]), description=meta.get("description", ""),
-            index=ExactIndex(dim, self.dtype, capacity=max(1, int(count))),
+            index=make_index(self.index_kind, dim, self.dtype, capacity=max(1, int(count))),
         )
         cursor = 0
         while True:

@@ -198,7 +198,8 @@ class InProcessIndexer:
         self.loop.run_until_complete(stores.start())
         if not stores.up:
             raise SystemExit(f"pcclip index: Redis at {stores._safe_url()} is not reachable ({stores.last_error})")
-        self.registry = CollectionRegistry(stores, enc.model_id, enc.fingerprint, metrics, dtype=s.collection_dtype, log_length=s.collection_log_length)
+        self.registry = CollectionRegistry(stores, enc.model_id, enc.fingerprint, metrics, dtype=s.collection_dtype,
+                                           log_length=s.collection_log_length, index=s.collection_index)
         self.coll, _ = self.loop.run_until_complete(self.registry.create(self.collection, enc.dim))
         return set(self.coll.index.ids(0, len(self.coll.index)))
 

@@ -238,6 +238,7 @@ class CollectionInfo(BaseModel):
     created_at: float
     description: str
     dtype: str = Field(description="the replica's matrix: float32 or float16")
+    index: str = Field(description="the replica's search: int8 (an int8 first pass, then exact scores) or flat (PCCLIP_COLLECTION_INDEX)")
 
 
 class CollectionList(BaseModel):

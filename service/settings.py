@@ -47,6 +47,10 @@ class Settings(BaseSettings):
     max_templates: int = Field(64, gt=0, description="templates per classification or store")
     # collections
     collection_dtype: Literal["float32", "float16"] = Field("float32", description="collection matrix in each replica (float16: half the memory)")
+    collection_index: Literal["int8", "flat"] = Field(
+        "int8", description="collection search: int8 (an int8 first pass, then exact scores for the rows that can reach the top k: "
+        "the same results as flat, faster from 65,536 items; D bytes more a row) or flat (one float pass over the matrix)"
+    )
     collection_max_items: int = Field(2_000_000, gt=0, description="items per collection")
     collection_max_top_k: int = Field(10_000, gt=0, description="results per collection rank or search")
     collection_log_length: int = Field(10_000, gt=0, description="collection change-log entries kept in Redis (replicas further behind reload)")

@@ -140,6 +140,15 @@ def test_two_replicas_see_each_others_writes(encoder, redis_url, photo_b64, cub_
         assert [h["id"] for h in a.post("/v1/collections/shared/rank", json={"attribute": "a bird"}).json()["results"]] == [items[5]["id"]]
 
 
+@pytest.mark.parametrize("kind", ["flat", "int8"])
+def test_the_index_setting_chooses_each_replicas_search(encoder, redis_url, photo_b64, cub_photos, kind):
+    with service_client(encoder, redis_url, collection_index=kind) as client:
+        client.put("/v1/collections/kind")
+        client.post("/v1/collections/kind/items", json={"items": _items(photo_b64, cub_photos)[:3]})
+        assert client.get("/v1/collections/kind").json()["index"] == kind
+        assert len(client.post("/v1/collections/kind/rank", json={"attribute": "a larger bird"}).json()["results"]) == 3
+
+
 def test_items_survive_a_restart_and_are_not_reembedded(encoder, redis_url, photo_b64, cub_photos):
     with service_client(encoder, redis_url) as client:
         client.put("/v1/collections/kept")

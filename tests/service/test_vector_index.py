@@ -138,3 +138,86 @@ def test_search_of_a_large_index_with_filters_exclusions_and_dead_rows_matches_b
         expected = np.argsort(-scores, kind="stable")[: len(found)]
         assert [h.id for h in found] == [ids[i] for i in expected]
         np.testing.assert_allclose([h.score for h in found], scores[expected], atol=1e-4)
+
+
+# -- Int8Index ---------------------------------------------------------------------------------------
+def _twins(n, dim, dtype, monkeypatch, segment_rows=1000):
+    """An ExactIndex and an Int8Index (int8 pass at any size, several segments) holding the same items."""
+    from service.vector_index import Int8Index
+
+    monkeypatch.setattr("service.vector_index.INT8_SEGMENT_ROWS", segment_rows)
+    flat, int8 = ExactIndex(dim, dtype, capacity=8), Int8Index(dim, dtype, capacity=8, min_rows=0)
+    vectors = normalize(rng.normal(size=(n, dim))).astype(np.float32)
+    ids = [f"v{i}" for i in range(n)]
+    metadata = [{"odd": i % 2} for i in range(n)]
+    for start in range(0, n, 700):  # grows the matrix and widens the partial last segment several times
+        for index in (flat, int8):
+            index.upsert(ids[start : start + 700], vectors[start : start + 700], metadata[start : start + 700])
+    return flat, int8, ids, vectors
+
+
+def _assert_same_hits(a, b):
+    assert [h.id for h in a] == [h.id for h in b]
+    np.testing.assert_allclose([h.score for h in a], [h.score for h in b], atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_int8_index_gives_the_exact_top_k_where_the_int8_scores_alone_do_not(dtype, monkeypatch):
+    flat, int8, ids, vectors = _twins(6_500, 48, dtype, monkeypatch)
+    for index in (flat, int8):  # replaced items and dead rows
+        index.upsert(["v3", "v4000"], vectors[[10, 20]], [None, None])
+        index.remove([f"v{i}" for i in range(100, 400)], compact=False)
+    assert int8.snapshot().size == flat.snapshot().size == 6_502
+    queries = normalize(rng.normal(size=(12, 48))).astype(np.float32)
+    allowed = int8.filter_mask({"odd": 1})
+    assert np.array_equal(allowed, flat.filter_mask({"odd": 1}))
+    batch = [Query(q, k, allowed if i % 3 == 1 else None, (int8.row_of("v7"), int8.row_of("v8")) if i % 3 == 2 else ())
+             for i, q in enumerate(queries) for k in [(1, 10, 50)[i % 3]]]
+    for a, b in zip(flat.search(batch), int8.search(batch)):
+        _assert_same_hits(a, b)
+    # the int8 scores on their own would get some of these wrong: the exact re-scoring is what makes them right
+    view = int8.snapshot()
+    approximate, bounds = view.codes.approximate_scores(queries, view.size)
+    exact = view.vectors[: view.size].astype(np.float32) @ queries.T
+    assert np.all(np.abs(approximate - exact.T) <= bounds[:, None] + 1e-6)  # the bound holds
+    wrong = sum(set(np.argsort(-a)[:50]) != set(np.argsort(-e)[:50]) for a, e in zip(approximate, exact.T))
+    assert wrong >= 1
+
+
+def test_int8_index_after_compaction_and_on_an_older_snapshot(monkeypatch):
+    flat, int8, ids, vectors = _twins(3_000, 32, "float32", monkeypatch, segment_rows=512)
+    q = normalize(rng.normal(size=32)).astype(np.float32)
+    old_view = int8.snapshot()
+    before = int8.search([Query(q, 20)], old_view)[0]
+    for index in (flat, int8):
+        index.upsert([f"new-{i}" for i in range(900)], np.repeat(q[None, :], 900, axis=0), [None] * 900)  # grows and widens
+    assert int8.search([Query(q, 20)], old_view)[0] == before  # the older snapshot is undisturbed
+    assert all(h.id.startswith("new-") for h in int8.search([Query(q, 20)])[0])
+    for index in (flat, int8):
+        index.remove([f"new-{i}" for i in range(900)] + ids[:1500])  # compacts
+    assert int8.snapshot().size == 1500 and int8.snapshot().codes.capacity == 1500
+    _assert_same_hits(flat.search([Query(q, 25)])[0], int8.search([Query(q, 25)])[0])
+
+
+def test_int8_index_below_min_rows_is_the_flat_pass_bit_for_bit():
+    from service.vector_index import Int8Index
+
+    vectors = normalize(rng.normal(size=(2_903, 64))).astype(np.float32)  # a CUB-sized collection: rank = /v1/rank
+    ids = [str(i) for i in range(len(vectors))]
+    flat, int8 = ExactIndex(64), Int8Index(64)
+    for index in (flat, int8):
+        index.upsert(ids, vectors, [None] * len(ids))
+    q = normalize(rng.normal(size=64)).astype(np.float32)
+    assert flat.search([Query(q, len(ids))]) == int8.search([Query(q, len(ids))])
+    assert int8.nbytes >= flat.nbytes + 64 * len(ids)  # the int8 copy is kept (used once the collection is large)
+
+
+def test_make_index_and_the_setting():
+    from service.settings import Settings
+    from service.vector_index import Int8Index, make_index
+
+    assert type(make_index("flat", 8)) is ExactIndex and type(make_index("int8", 8, "float16")) is Int8Index
+    with pytest.raises(ValueError):
+        make_index("hnsw", 8)
+    assert Settings().collection_index == "int8"
+    assert Settings(collection_index="flat").collection_index == "flat"
