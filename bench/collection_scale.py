@@ -281,10 +281,11 @@ def plot(points: list[dict], path: Path) -> None:
         a.plot(ns, [p["search_p99_ms"] for p in pts], "s--", label=f"search p99 {dtype}")
         if all("pass_1q_ms" in p for p in pts):
             a.plot(ns, [p["pass_1q_ms"] for p in pts], "^:", label=f"one pass, 1 query {dtype}")
-        b.plot(ns, [p.get("rss_over_empty_mb", p.get("process_memory_mb")) for p in pts], "o-", label=f"replica memory {dtype}")
+        b.plot(ns, [p.get("rss_over_empty_mb", max(p.get("process_memory_mb", 0), p.get("process_memory_after_requests_mb", 0))) for p in pts],
+               "o-", label=f"replica memory {dtype}")
     a.axhline(150, color="grey", lw=0.8, ls=":", label="150 ms target")
     b.axhline(2048, color="grey", lw=0.8, ls=":", label="2 GB target")
-    memory = "process memory growth (MB)" if points[0].get("mode") == "in-process" else "server memory over an empty one (MB)"
+    memory = "process memory growth, after the requests where measured (MB)" if points[0].get("mode") == "in-process" else "server memory over an empty one (MB)"
     for ax, title in ((a, f"latency at concurrency {points[0]['concurrency']} (ms)"), (b, memory)):
         ax.set_xscale("log")
         ax.set_yscale("log")

@@ -7,6 +7,9 @@ One redis-server (AOF) and one `pcclip serve` on 127.0.0.1, the CUB test photos 
    cached) and each photo's score;
 2. `pcclip index` of the same photos (a JSONL manifest; through the service, same batch and
    concurrency): its photos/s, and the ratio to (1), measured in the same run;
+   Beside both, where the time went (the profile of an ingest batch): CPU seconds per photo of the
+   server, redis-server and the client process, and from the server's /metrics the image tower's
+   seconds per photo and the share of the phase it was busy, and the mean request time per batch;
 3. POST /v1/collections/{name}/rank "a larger bird" over the whole collection: Spearman with the
    classes' size score, beside the Spearman of the /v1/rank scores, and whether the orders agree;
 4. the server restarted: the collection is all there (count, same ranking), and its load time.
@@ -36,6 +39,58 @@ from bench.harness import REPO_ROOT, START_TIMEOUT_S, RedisServer, ServeProcess,
 
 OUT = REPO_ROOT / "docs" / "results" / "collections" / "service.json"
 ATTRIBUTE = "a larger bird"
+
+
+def _metric_sums(client) -> dict[str, float]:
+    """Sums and counts of the server's histograms (name{labels}_sum / _count -> value) from /metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out = {}
+    for family in text_string_to_metric_families(client.get("/metrics").text):
+        for sample in family.samples:
+            if sample.name.endswith(("_sum", "_count")):
+                labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()) if k != "le")
+                out[f"{sample.name}{{{labels}}}"] = sample.value
+    return out
+
+
+class PhaseProfile:
+    """CPU seconds of the server, redis-server and the client, and the server's metric sums, over one phase."""
+
+    def __init__(self, client, server_pid: int, redis_pid: int, child_client: bool):
+        import resource
+
+        import psutil
+
+        self.client, self.child_client = client, child_client
+        self.procs = {"server": psutil.Process(server_pid), "redis": psutil.Process(redis_pid)}
+        self._client_cpu = (lambda: sum(resource.getrusage(resource.RUSAGE_CHILDREN)[:2])) if child_client else \
+            (lambda: sum(resource.getrusage(resource.RUSAGE_SELF)[:2]))
+
+    def __enter__(self):
+        self.cpu0 = {k: sum(p.cpu_times()[:2]) for k, p in self.procs.items()} | {"client": self._client_cpu()}
+        self.metrics0, self.t0 = _metric_sums(self.client), time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.wall = time.perf_counter() - self.t0
+        self.cpu = {k: sum(p.cpu_times()[:2]) - self.cpu0[k] for k, p in self.procs.items()} | {"client": self._client_cpu() - self.cpu0["client"]}
+        after = _metric_sums(self.client)
+        self.metrics = {k: v - self.metrics0.get(k, 0.0) for k, v in after.items()}
+
+    def report(self, photos: int, route: str) -> dict:
+        m = self.metrics
+        tower = m.get("pcclip_inference_seconds_sum{tower=image}", 0.0)
+        requests = m.get(f"pcclip_request_seconds_count{{route={route}}}", 0.0)
+        return {
+            "wall_s": round(self.wall, 2), "photos": photos,
+            "cpu_ms_per_photo": {k: round(1000 * v / photos, 2) for k, v in self.cpu.items()},
+            "image_tower_ms_per_photo": round(1000 * tower / photos, 2),
+            "image_tower_busy_share": round(tower / self.wall, 3),
+            "image_preprocess_ms_per_photo": round(1000 * sum(v for k, v in m.items() if k.startswith("pcclip_preprocess_seconds_sum")) / photos, 2),
+            "mean_request_s": round(m.get(f"pcclip_request_seconds_sum{{route={route}}}", 0.0) / requests, 3) if requests else None,
+            "requests": int(requests),
+        }
 
 
 def main(argv=None) -> int:
@@ -82,11 +137,13 @@ def main(argv=None) -> int:
 
                 scores = np.zeros(len(photos))
                 t0 = time.perf_counter()
-                with ThreadPoolExecutor(args.concurrency) as pool:
+                with PhaseProfile(client, server.proc.pid, redis.proc.pid, child_client=False) as rank_profile, \
+                        ThreadPoolExecutor(args.concurrency) as pool:
                     for rows, ranking in pool.map(rank_chunk, chunks):
                         for item in ranking:
                             scores[rows[item["index"]]] = item["score"]
                 embed_s = time.perf_counter() - t0
+                result["profile_rank"] = rank_profile.report(len(photos), "/v1/rank")
                 result["service_rank_photos_per_s"] = round(len(photos) / embed_s, 2)
                 # 2. pcclip index of the same photos
                 manifest = tmp / "manifest.jsonl"
@@ -95,8 +152,10 @@ def main(argv=None) -> int:
                 cmd = [sys.executable, "-m", "pcclip", "index", "cub-test", str(manifest), "--url", server.base_url,
                        "--batch-size", str(args.batch), "--concurrency", str(args.concurrency)]
                 t0 = time.perf_counter()
-                run = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO_ROOT)
+                with PhaseProfile(client, server.proc.pid, redis.proc.pid, child_client=True) as index_profile:
+                    run = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO_ROOT)
                 index_wall_s = time.perf_counter() - t0
+                result["profile_index"] = index_profile.report(len(photos), "/v1/collections/{name}/items")
                 summary = json.loads(run.stdout.strip().splitlines()[-1])
                 result["index"] = summary | {"wall_s_with_start_up": round(index_wall_s, 2)}
                 result["index_photos_per_s"] = summary["images_per_s"]

@@ -41,7 +41,7 @@ import numpy as np
 from service.coherence import REDIS_ERRORS, CoherentCache, RedisUnavailable, versioned_script
 from service.metrics import ServiceMetrics
 from service.stores import StoreRegistry, StoreUnavailable
-from service.vector_index import ExactIndex, Hit, Query, _View, index_kind, make_index
+from service.vector_index import ExactIndex, Hit, Int8Index, Query, RingScan, _View, index_kind, make_index
 
 log = logging.getLogger(__name__)
 
@@ -311,7 +311,8 @@ class CollectionRegistry:
 
     # -- search ----------------------------------------------------------------------------------
     async def search(self, coll: Collection, view: _View, queries: list[Query]) -> list[list[Hit]]:
-        """Top-k hits per query. Concurrent searches of a collection share one pass over its matrix."""
+        """Top-k hits per query. Concurrent searches of a collection share its passes: one float pass
+        for all waiting queries, or (`Int8Index`, large collections) a `RingScan` they join between segments."""
         future = asyncio.get_running_loop().create_future()
         coll.pending.append((view, queries, future))
         if not coll.searching:
@@ -320,28 +321,56 @@ class CollectionRegistry:
         return await future
 
     async def _drain(self, coll: Collection) -> None:
+        ring = coll.index.ring_scan() if isinstance(coll.index, Int8Index) else None
+        joined: dict[int, float] = {}  # id(future) -> when it joined the ring
         try:
-            while coll.pending:
+            while coll.pending or (ring is not None and ring.active):
                 batch, coll.pending = coll.pending, []
                 groups: dict[int, tuple[_View, list]] = {}
                 for view, queries, future in batch:
-                    groups.setdefault(id(view), (view, []))[1].append((queries, future))
+                    if ring is not None and ring.accepts(view):
+                        ring.add(view, queries, future)
+                        joined[id(future)] = time.perf_counter()
+                    else:
+                        groups.setdefault(id(view), (view, []))[1].append((queries, future))
                 for view, items in groups.values():
-                    flat = [q for queries, _ in items for q in queries]
-                    started = time.perf_counter()
-                    try:
-                        hits = await asyncio.to_thread(coll.index.search, flat, view)
-                    except Exception as err:  # noqa: BLE001 - handed to the waiting requests
-                        for _, future in items:
-                            if not future.done():
-                                future.set_exception(err)
-                        continue
-                    self.metrics.collection_search.observe(time.perf_counter() - started)
-                    self.metrics.collection_queries_per_pass.observe(len(flat))
-                    offset = 0
-                    for queries, future in items:
-                        if not future.done():
-                            future.set_result(hits[offset : offset + len(queries)])
-                        offset += len(queries)
+                    await self._float_pass(coll, view, items)
+                if ring is not None and ring.active:
+                    await self._ring_step(ring, joined)
         finally:
             coll.searching = False
+
+    async def _float_pass(self, coll: Collection, view: _View, items: list) -> None:
+        """One pass over the view for the queries of every waiting request in `items` ((queries, future) pairs)."""
+        flat = [q for queries, _ in items for q in queries]
+        started = time.perf_counter()
+        try:
+            hits = await asyncio.to_thread(coll.index.search, flat, view)
+        except Exception as err:  # noqa: BLE001 - handed to the waiting requests
+            for _, future in items:
+                if not future.done():
+                    future.set_exception(err)
+            return
+        self.metrics.collection_search.observe(time.perf_counter() - started)
+        self.metrics.collection_queries_per_pass.observe(len(flat))
+        offset = 0
+        for queries, future in items:
+            if not future.done():
+                future.set_result(hits[offset : offset + len(queries)])
+            offset += len(queries)
+
+    async def _ring_step(self, ring: RingScan, joined: dict[int, float]) -> None:
+        """One segment of the ring scan; the requests that have seen every segment get their hits."""
+        self.metrics.collection_queries_per_pass.observe(sum(len(r.queries) for r in ring.active))
+        try:
+            finished = await asyncio.to_thread(ring.step)
+        except Exception as err:  # noqa: BLE001 - handed to the requests in the ring
+            for r in ring.active:
+                if not r.token.done():
+                    r.token.set_exception(err)
+            ring.active.clear()
+            return
+        for future, hits in finished:
+            self.metrics.collection_search.observe(time.perf_counter() - joined.pop(id(future)))
+            if not future.done():
+                future.set_result(hits)

@@ -39,10 +39,10 @@ class ServiceMetrics:
         self.collection_lookups = Counter("pcclip_collection_lookups", "collection reads by how the replica's copy was found", ["result"], registry=r)
         self.collection_writes = Counter("pcclip_collection_writes", "collection writes (items for add/remove)", ["op", "result"], registry=r)
         self.collection_search = Histogram(
-            "pcclip_collection_search_seconds", "one scoring pass over a collection's matrix", buckets=_LATENCY_BUCKETS, registry=r
+            "pcclip_collection_search_seconds", "one scoring pass over a collection (int8 ring scan: from joining it to the hits)", buckets=_LATENCY_BUCKETS, registry=r
         )
         self.collection_queries_per_pass = Histogram(
-            "pcclip_collection_queries_per_pass", "queries scored together in one pass", buckets=_BATCH_BUCKETS, registry=r
+            "pcclip_collection_queries_per_pass", "queries scored together in one pass (int8 ring scan: in one segment step)", buckets=_BATCH_BUCKETS, registry=r
         )
         self.cancelled = Counter("pcclip_requests_cancelled", "requests cancelled because the client went away", registry=r)
         self.redis_up = Gauge("pcclip_redis_up", "1 when Redis answers, 0 when it does not", registry=r)

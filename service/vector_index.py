@@ -379,22 +379,31 @@ class _Int8Codes:
             lo, hi = max(start, j * INT8_SEGMENT_ROWS), min(stop, (j + 1) * INT8_SEGMENT_ROWS)
             self.segments[j][:, lo - j * INT8_SEGMENT_ROWS : hi - j * INT8_SEGMENT_ROWS] = codes[lo - start : hi - start].T
 
-    def approximate_scores(self, queries: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """(`v^ . q^` for every query and row < n: float32 [B, n], the bound E per query: [B])."""
+    def segments_of(self, n: int) -> int:
+        """How many segments hold rows < n."""
+        return -(-n // INT8_SEGMENT_ROWS)
+
+    def prepare(self, queries: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(the queries as the first pass's uint8 operand [B, D], their scales [B], the bound E per query [B]) over rows < n."""
         q_scale, q_codes = quantize_int8(queries)
         q_residual = np.linalg.norm(queries - q_codes.astype(np.float32) * q_scale[:, None], axis=1)
         bound = float(self.norm[:n].max(initial=0.0)) * q_residual + float(self.residual[:n].max(initial=0.0)) * np.linalg.norm(queries, axis=1)
-        a = (q_codes.astype(np.int16) + 128).astype(np.uint8)  # ONNX Runtime's fast path: uint8 x int8, zero point 128
-        session, one = _int8_session(), np.ones((), np.float32)
-        parts = []
-        for j in range(-(-n // INT8_SEGMENT_ROWS)):
-            segment = self.segments[j]
-            lo = j * INT8_SEGMENT_ROWS
-            parts.append(session.run(None, {"a": a, "b": segment, "a_scale": one, "b_scale": self.scale[lo : lo + segment.shape[1]]})[0])
-        scores = np.concatenate(parts, axis=1)[:, :n] if len(parts) > 1 else parts[0][:, :n]
-        scores = np.ascontiguousarray(scores)
-        scores *= q_scale[:, None]
-        return scores, bound
+        return (q_codes.astype(np.int16) + 128).astype(np.uint8), q_scale, bound  # ONNX Runtime's fast path: uint8 x int8, zero point 128
+
+    def segment_scores(self, j: int, operand: np.ndarray, q_scale: np.ndarray) -> np.ndarray:
+        """`v^ . q^` of the queries (`prepare`d) with every row of segment j (its full width): float32 [B, width]."""
+        segment = self.segments[j]
+        lo = j * INT8_SEGMENT_ROWS
+        out = _int8_session().run(None, {"a": operand, "b": segment, "a_scale": np.ones((), np.float32),
+                                         "b_scale": self.scale[lo : lo + segment.shape[1]]})[0]
+        out *= q_scale[:, None]
+        return out
+
+    def approximate_scores(self, queries: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """(`v^ . q^` for every query and row < n: float32 [B, n], the bound E per query: [B])."""
+        operand, q_scale, bound = self.prepare(queries, n)
+        parts = [self.segment_scores(j, operand, q_scale) for j in range(self.segments_of(n))]
+        return np.ascontiguousarray(np.concatenate(parts, axis=1)[:, :n]), bound
 
 
 def quantize_int8(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -444,9 +453,10 @@ class Int8Index(ExactIndex):
     Below `min_rows` rows a search is `ExactIndex`'s float pass. Memory: the matrix plus D + 12 bytes a row.
     """
 
-    def __init__(self, dim: int, dtype: str = "float32", capacity: int = 1024, min_rows: int = INT8_MIN_ROWS):
+    def __init__(self, dim: int, dtype: str = "float32", capacity: int = 1024, min_rows: int | None = None):
         super().__init__(dim, dtype, capacity)
-        self.min_rows = int(min_rows)
+        self.min_rows = INT8_MIN_ROWS if min_rows is None else int(min_rows)
+        _int8_session()  # built now (once per process): not in the first search's time
 
     @property
     def nbytes(self) -> int:
@@ -462,19 +472,96 @@ class Int8Index(ExactIndex):
     def search(self, queries: Sequence[Query], view: _View | None = None) -> list[list[Hit]]:
         """Top-k hits per query, as `ExactIndex.search` gives them (see `_Int8Codes` for why they are the same)."""
         view = view or self._view
-        if not queries or view.size < self.min_rows or view.codes is None:
+        if not queries or not self.uses_codes(view):
             return super().search(queries, view)
         vectors = np.stack([np.asarray(x.vector, np.float32) for x in queries])
         approximate, bounds = view.codes.approximate_scores(vectors, view.size)
         approximate = self._masked(approximate, queries, view)
+        return [self._exact_top(view, a, vector, bound, query) for a, vector, bound, query in zip(approximate, vectors, bounds, queries)]
+
+    def uses_codes(self, view: _View) -> bool:
+        """Whether a search of this view takes the int8 first pass (else: the float pass)."""
+        return view.codes is not None and view.size >= self.min_rows
+
+    @staticmethod
+    def _exact_top(view: _View, approximate: np.ndarray, vector: np.ndarray, bound: float, query: Query) -> list[Hit]:
+        """The exact top k from a query's masked approximate scores: the candidates (`_Int8Codes`), re-scored from the matrix."""
+        top = top_k_rows(approximate, query.k)
+        kth = approximate[top].min() if len(top) else -np.inf
+        rows = np.flatnonzero(approximate >= kth - 2 * bound - INT8_SLACK) if np.isfinite(kth) else np.flatnonzero(np.isfinite(approximate))
+        exact = view.vectors[rows].astype(np.float32) @ vector
+        keep = top_k_rows(exact, query.k)
+        return ExactIndex._hits(view, rows[keep], exact[keep])
+
+    def ring_scan(self) -> "RingScan":
+        """A scan that queries join between segments (see `RingScan`)."""
+        return RingScan(self)
+
+
+@dataclass
+class _RingRequest:
+    view: _View
+    queries: Sequence[Query]
+    token: object  # the caller's handle (a future), given back with the hits
+    vectors: np.ndarray
+    operand: np.ndarray
+    q_scale: np.ndarray
+    bound: np.ndarray
+    scores: np.ndarray  # [B, size] approximate scores, filled segment by segment
+    needed: set  # the segments still to score
+
+
+class RingScan:
+    """The first pass of an `Int8Index` as a ring: segment after segment, round and round, each step
+    scoring the segment for every query in the ring. A query joins at the next step (whatever the
+    segment) and leaves once it has seen every segment of its view, so it waits one pass, not the
+    rest of the pass in flight and then its own. Results are those of `Int8Index.search`.
+
+    `add` and `step` are called from one thread at a time (a collection's search loop).
+    """
+
+    def __init__(self, index: Int8Index):
+        self.index = index
+        self.active: list[_RingRequest] = []
+        self.position = 0
+
+    def accepts(self, view: _View) -> bool:
+        return self.index.uses_codes(view)
+
+    def add(self, view: _View, queries: Sequence[Query], token) -> None:
+        """A request (queries made against `view`, `accepts(view)`) joins the ring."""
+        vectors = np.stack([np.asarray(x.vector, np.float32) for x in queries])
+        operand, q_scale, bound = view.codes.prepare(vectors, view.size)
+        self.active.append(_RingRequest(view, queries, token, vectors, operand, q_scale, bound,
+                                        np.empty((len(queries), view.size), np.float32), set(range(view.codes.segments_of(view.size)))))
+
+    def step(self) -> list[tuple[object, list[list[Hit]]]]:
+        """Score the segment at the ring's position for every request that still needs it; returns
+        (token, hits per query) of the requests that have now seen all their segments."""
+        if not self.active:
+            return []
+        turn = max(r.view.codes.segments_of(r.view.size) for r in self.active)
+        j = self.position % turn
+        self.position = j + 1
+        groups: dict[int, list[_RingRequest]] = {}  # by int8 copy (the same rows < each view's size)
+        for r in self.active:
+            if j in r.needed:
+                groups.setdefault(id(r.view.codes), []).append(r)
+        for requests in groups.values():
+            codes = requests[0].view.codes
+            scores = codes.segment_scores(j, np.concatenate([r.operand for r in requests]), np.concatenate([r.q_scale for r in requests]))
+            offset, lo = 0, j * INT8_SEGMENT_ROWS
+            for r in requests:
+                hi = min(r.view.size, lo + scores.shape[1])
+                r.scores[:, lo:hi] = scores[offset : offset + len(r.queries), : hi - lo]
+                offset += len(r.queries)
+                r.needed.discard(j)
+        done = [r for r in self.active if not r.needed]
+        self.active = [r for r in self.active if r.needed]
         out = []
-        for a, vector, bound, query in zip(approximate, vectors, bounds, queries):
-            top = top_k_rows(a, query.k)
-            kth = a[top].min() if len(top) else -np.inf
-            rows = np.flatnonzero(a >= kth - 2 * bound - INT8_SLACK) if np.isfinite(kth) else np.flatnonzero(np.isfinite(a))
-            exact = view.vectors[rows].astype(np.float32) @ vector
-            keep = top_k_rows(exact, query.k)
-            out.append(self._hits(view, rows[keep], exact[keep]))
+        for r in done:
+            scores = ExactIndex._masked(r.scores, r.queries, r.view)
+            out.append((r.token, [Int8Index._exact_top(r.view, a, v, b, q) for a, v, b, q in zip(scores, r.vectors, r.bound, r.queries)]))
         return out
 
 

@@ -149,6 +149,35 @@ def test_the_index_setting_chooses_each_replicas_search(encoder, redis_url, phot
         assert len(client.post("/v1/collections/kind/rank", json={"attribute": "a larger bird"}).json()["results"]) == 3
 
 
+def test_int8_ring_scan_through_the_service_gives_the_flat_results(encoder, redis_url, photo_b64, cub_photos, monkeypatch):
+    """Concurrent rank and search requests on a collection large enough for the int8 first pass (here:
+    any size, 2 rows a segment) join one ring scan and get what the float pass gives."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from service.vector_index import RingScan
+
+    monkeypatch.setattr("service.vector_index.INT8_MIN_ROWS", 0)
+    monkeypatch.setattr("service.vector_index.INT8_SEGMENT_ROWS", 2)
+    steps = []
+    step = RingScan.step
+    monkeypatch.setattr(RingScan, "step", lambda self: steps.append(len(self.active)) or step(self))
+    items = _items(photo_b64, cub_photos)
+    bodies = [("rank", {"attribute": "a larger bird", "top_k": 6}), ("rank", {"attribute": "a bluer bird", "top_k": 3, "ascending": True}),
+              ("rank", {"attribute": "a larger bird", "filter": {"n": [0, 3, 4]}}),
+              ("search", {"item_id": items[2]["id"], "modifiers": [{"text": "a smaller bird", "weight": 2.0}], "top_k": 3})] * 3
+    results = {}
+    for kind in ("flat", "int8"):
+        with service_client(encoder, redis_url, collection_index=kind) as client:
+            client.put(f"/v1/collections/{kind}")
+            client.post(f"/v1/collections/{kind}/items", json={"items": items})
+            with ThreadPoolExecutor(4) as pool:
+                results[kind] = list(pool.map(lambda b: client.post(f"/v1/collections/{kind}/{b[0]}", json=b[1]).json()["results"], bodies))
+    assert steps and max(steps) >= 1
+    for flat, int8 in zip(results["flat"], results["int8"]):
+        assert [h["id"] for h in int8] == [h["id"] for h in flat] and flat
+        np.testing.assert_allclose([h["score"] for h in int8], [h["score"] for h in flat], atol=1e-5)
+
+
 def test_items_survive_a_restart_and_are_not_reembedded(encoder, redis_url, photo_b64, cub_photos):
     with service_client(encoder, redis_url) as client:
         client.put("/v1/collections/kept")

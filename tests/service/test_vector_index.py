@@ -221,3 +221,38 @@ def test_make_index_and_the_setting():
         make_index("hnsw", 8)
     assert Settings().collection_index == "int8"
     assert Settings(collection_index="flat").collection_index == "flat"
+
+
+def test_a_ring_scan_gives_each_joining_request_the_exact_top_k(monkeypatch):
+    """Requests join the ring between segments (one made against an older, smaller view), some leave
+    while others go on; each gets what the float pass gives on its own view."""
+    flat, int8, ids, vectors = _twins(5_000, 32, "float32", monkeypatch, segment_rows=1024)  # 5 segments
+    old_view, old_flat = int8.snapshot(), flat.snapshot()
+    more = normalize(rng.normal(size=(3_000, 32)))
+    for index in (flat, int8):  # three more segments, in a grown (new) int8 copy
+        index.upsert([f"new-{i}" for i in range(3_000)], more, [None] * 3_000)
+        index.remove(["v1", "v2"], compact=False)
+    queries = normalize(rng.normal(size=(6, 32))).astype(np.float32)
+    requests = {
+        "a": (old_view, old_flat, [Query(queries[0], 10)]),
+        "b": (int8.snapshot(), flat.snapshot(), [Query(queries[1], 5), Query(queries[2], 30, int8.filter_mask({"odd": 0}))]),
+        "c": (int8.snapshot(), flat.snapshot(), [Query(queries[3], 1, None, (int8.row_of("v9"),))]),
+        "d": (old_view, old_flat, [Query(queries[4], 20), Query(queries[5], 3)]),
+    }
+    assert int8.snapshot().codes is not old_view.codes
+    ring = int8.ring_scan()
+    assert ring.accepts(old_view)
+    joins = {0: "a", 2: "b", 5: "c", 9: "d"}  # at these steps
+    results, steps = {}, 0
+    while len(results) < len(requests):
+        if steps in joins:
+            view, _, queries_ = requests[joins[steps]]
+            ring.add(view, queries_, joins[steps])
+        results.update(ring.step())
+        steps += 1
+    assert steps > 9
+    for name, (view, flat_view, queries_) in requests.items():
+        expected = flat.search(queries_, flat_view)
+        assert len(results[name]) == len(expected)
+        for a, b in zip(expected, results[name]):
+            _assert_same_hits(a, b)
