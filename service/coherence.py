@@ -97,7 +97,7 @@ return adopted
 # The wrapper of `versioned_script`. KEYS: clock, epoch, generations, change log, then the caller's
 # keys (K); ARGV: name, new epoch, log length, then the caller's arguments (A). The body returns
 # (result, changed): changed is a JSON list of the members it wrote, or false when it changed nothing.
-# -> {new generation (0: nothing changed), epoch, result, the generation before ('' if none)}
+# -> {new generation (0: nothing changed), epoch, result, the generation before ('' if none), the log entry's id}
 _VERSIONED_WRITE = """
 local K, A = {}, {}
 for i = 5, #KEYS do K[#K + 1] = KEYS[i] end
@@ -106,13 +106,13 @@ local function body(K, A)
 %s
 end
 local result, changed = body(K, A)
-if not changed then return {0, false, result, ''} end
+if not changed then return {0, false, result, '', ''} end
 local prev = redis.call('HGET', KEYS[3], ARGV[1]) or ''
 local gen = redis.call('INCR', KEYS[1])
 redis.call('SET', KEYS[2], ARGV[2], 'NX')
 redis.call('HSET', KEYS[3], ARGV[1], gen)
-redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[3], '*', 'gen', gen, 'prev', prev, 'changed', changed)
-return {gen, redis.call('GET', KEYS[2]), result, prev}
+local log_id = redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[3], '*', 'gen', gen, 'prev', prev, 'changed', changed)
+return {gen, redis.call('GET', KEYS[2]), result, prev, log_id}
 """
 
 REDIS_ERRORS = (RedisError, OSError)
@@ -149,10 +149,12 @@ class _Entry(Generic[T]):
 
 @dataclass
 class Written:
-    """What `CoherentCache.write` did: the script's own result, and the new generation (0: no change)."""
+    """What `CoherentCache.write` did: the script's own result, the new generation (0: no change),
+    and whether the cached value was brought to it in process (`apply`)."""
 
     result: Any
     generation: int
+    applied: bool = False
 
 
 class CoherentCache(Generic[T]):
@@ -406,18 +408,27 @@ class CoherentCache(Generic[T]):
         self._remember(name, (result[1], generation), value)
         return generation
 
-    async def write(self, script: str, name: str, keys: list[str], args: list, log_length: int = 10_000) -> Written:
+    async def write(self, script: str, name: str, keys: list[str], args: list, log_length: int = 10_000,
+                    apply: Callable[[T], None] | None = None) -> Written:
         """Run a `versioned_script` on `name`'s `keys` with `args`; returns its result and the new
-        generation (0 when it changed nothing). The cached value is caught up on its next read."""
+        generation (0 when it changed nothing). The cached value is caught up on its next read, or
+        now by `apply(value)` (the same change, made in process) when it was exactly at the
+        generation before this write: then nothing needs to be read back from Redis."""
         if script not in self._scripts:
             self._scripts[script] = self.client.register_script(script)
         all_keys = [self.clock_key, self.epoch_key, self.generations_key, self.changes_key(name), *keys]
-        generation, epoch, result, prev = await self._scripts[script](keys=all_keys, args=[name, uuid.uuid4().hex, int(log_length), *args])
+        generation, epoch, result, prev, log_id = await self._scripts[script](keys=all_keys, args=[name, uuid.uuid4().hex, int(log_length), *args])
         generation = int(generation)
+        applied = False
         if generation:
             self._generations[name] = generation
             self._advance_seen(epoch, generation)
-        return Written(result, generation)
+            entry, lock = self._entries.get(name), self._name_locks.get(name)
+            if apply is not None and entry is not None and prev and entry.version == (epoch, int(prev)) and not (lock and lock.locked()):
+                apply(entry.value)
+                entry.version, entry.log_id = (epoch, generation), log_id.decode() if isinstance(log_id, bytes) else str(log_id)
+                applied = True
+        return Written(result, generation, applied)
 
     def _advance_seen(self, epoch: bytes, clock: int) -> None:
         """This process moved the clock to `clock`: if it was one step behind, nothing else changed."""

@@ -149,12 +149,13 @@ class CollectionRegistry:
     def _unavailable(self, what: str) -> CollectionUnavailable:
         return CollectionUnavailable(f"collection {what} is unavailable: Redis is not reachable ({self.stores.last_error}); retry shortly")
 
-    async def _write(self, what: str, script: str, name: str, args: list):
-        """Run a write script; on a connection error mark Redis down and raise CollectionUnavailable."""
+    async def _write(self, what: str, script: str, name: str, args: list, apply=None):
+        """Run a write script (`apply`: the same change to the cached collection, see `CoherentCache.write`);
+        on a connection error mark Redis down and raise CollectionUnavailable."""
         if not self.up:
             raise self._unavailable(what)
         try:
-            return await self.cache.write(script, name, list(self._keys(name)), args, self.log_length)
+            return await self.cache.write(script, name, list(self._keys(name)), args, self.log_length, apply=apply)
         except REDIS_ERRORS as err:
             self.stores._mark_down(err)
             raise self._unavailable(what) from err
@@ -280,16 +281,22 @@ class CollectionRegistry:
 
     # -- items -----------------------------------------------------------------------------------
     async def add(self, coll: Collection, ids: list[str], vectors: np.ndarray, metadata: list[dict | None], refresh: bool = True) -> None:
-        """Store items (replacing same ids) in Redis, then (`refresh`) bring this replica's index up to date."""
+        """Store items (replacing same ids) in Redis, then (`refresh`) bring this replica's index up to date:
+        in process when it held the collection as it was just before this write, else from the change log."""
         args: list = [coll.uid, json.dumps(ids)]
         vectors = np.ascontiguousarray(vectors, dtype="<f4")
-        for item_id, vec, md in zip(ids, vectors, metadata):
-            args += [item_id, vec.tobytes(), json.dumps(md) if md else ""]
-        written = await self._write(f"write (add to {coll.name!r})", _ADD, coll.name, args)
+        stored_metadata = [json.dumps(md) if md else "" for md in metadata]
+        for item_id, vec, md in zip(ids, vectors, stored_metadata):
+            args += [item_id, vec.tobytes(), md]
+
+        def apply(cached: Collection) -> None:  # what re-reading the written items would give
+            cached.index.upsert(ids, vectors, [json.loads(md) if md else None for md in stored_metadata])
+
+        written = await self._write(f"write (add to {coll.name!r})", _ADD, coll.name, args, apply if refresh else None)
         if int(written.result) < 0:
             raise CollectionGone(coll.name)
         self.metrics.collection_writes.labels("add", "ok").inc(len(ids))
-        if refresh:
+        if refresh and not written.applied:
             await self._after_write(coll.name)
 
     async def remove(self, coll: Collection, ids: list[str]) -> int:

@@ -342,3 +342,45 @@ def test_collections_written_before_the_shared_mechanism_are_kept(encoder, redis
         assert client.delete("/v1/collections/old/items/v1").json()["count"] == 2
         assert client.delete("/v1/collections/old").status_code == 200
     assert not [k for k in r.scan_iter(base + "*")]  # the old log went with it
+
+
+def test_an_add_updates_the_writing_replica_in_process_and_another_from_the_log(redis_url):
+    """The replica that wrote applies its own add without reading it back, unless another replica wrote
+    in between (then it catches up from the change log, which brings both writes)."""
+    import asyncio
+
+    from service.collections import CollectionRegistry
+    from service.metrics import ServiceMetrics
+    from service.stores import StoreRegistry
+
+    async def main():
+        replicas, reads = [], {0: 0, 1: 0}
+        for i in range(2):
+            stores = StoreRegistry(redis_url, "m", "fp", ServiceMetrics())
+            await stores.start()
+            registry = CollectionRegistry(stores, "m", "fp", ServiceMetrics())
+            await registry.start()
+            catch_up = registry.cache.catch_up
+
+            async def counted(coll, ids, i=i, catch_up=catch_up):
+                reads[i] += 1
+                await catch_up(coll, ids)
+
+            registry.cache.catch_up = counted
+            replicas.append(registry)
+        a, b = replicas
+        coll_a, _ = await a.create("c", 4)
+        coll_b = await b.get("c")
+        rows = np.eye(4, dtype=np.float32)
+        await a.add(coll_a, ["x", "y"], rows[:2], [{"k": [1, "2"]}, None])
+        assert reads[0] == 0 and a.cache.cached("c").index.get("x")[1] == {"k": [1, "2"]} and len(a.cache.cached("c").index) == 2
+        coll_b = await b.get("c")
+        assert reads[1] == 1 and len(coll_b.index) == 2 and coll_b.index.get("x")[1] == {"k": [1, "2"]}
+        await b.add(coll_b, ["z"], rows[2:3], [None])
+        await a.add(coll_a, ["w"], rows[3:], [None])  # a's copy was behind b's write: read from the log
+        assert reads[0] == 1 and sorted(a.cache.cached("c").index.ids(0, 10)) == ["w", "x", "y", "z"]
+        assert (await a.get("c")).index.get("z")[0] @ rows[2] > 0.999
+        for registry in replicas:
+            await registry.stores.stop()
+
+    asyncio.run(main())
