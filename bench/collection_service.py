@@ -98,7 +98,7 @@ def main(argv=None) -> int:
     parser.add_argument("--model", default="pcclip-mini")
     parser.add_argument("--limit", type=int, default=None, help="only the first N test photos")
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--concurrency", type=int, default=2)
+    parser.add_argument("--concurrency", type=int, default=3, help="requests in flight in both phases (pcclip index's default)")
     parser.add_argument("--out", default=str(OUT))
     args = parser.parse_args(argv)
 
