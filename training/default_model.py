@@ -601,12 +601,8 @@ class Pipeline:
                 dirs.append(probe.directions(afacts))
             fact_dirs = torch.from_numpy(np.concatenate(dirs))
         probed = ("cub", "awa2") if cfg.awa2_probe else ("cub",)
-        if cfg.anchor_weight > 0:  # everyday texts and their base embeddings
-            pool = sorted({t for v in self.imagenet_captions.values() for t in v}
-                          | {c for im in self.coco for c in im.captions} | {t for v in self.captions.values() for t in v})
-            anchors = random.Random(cfg.seed + 3).sample(pool, min(len(pool), 20000))
-            with torch.no_grad():
-                anchor_base = F.normalize(self.encode_texts(anchors), dim=-1)
+        if cfg.anchor_weight > 0:
+            anchors, anchor_base = self.anchors()
         for blk in list(m.text.blocks)[self.tail.first_trainable:]:
             blk.train()
 
@@ -642,6 +638,17 @@ class Pipeline:
         for p in m.parameters():
             p.requires_grad = False
         self.pc_state = {k: m.state_dict()[k].clone() for k in self.pc_keys}
+
+    def anchors(self) -> tuple[list[str], torch.Tensor]:
+        """20,000 everyday texts and their normalised base embeddings, for the anchor term; computed
+        once, at the first PC-CLIP stage (every stage starts from the base, so they are the same)."""
+        if getattr(self, "_anchors", None) is None:
+            pool = sorted({t for v in self.imagenet_captions.values() for t in v}
+                          | {c for im in self.coco for c in im.captions} | {t for v in self.captions.values() for t in v})
+            texts = random.Random(self.cfg.seed + 3).sample(pool, min(len(pool), 20000))
+            with torch.no_grad():
+                self._anchors = (texts, F.normalize(self.encode_texts(texts), dim=-1))
+        return self._anchors
 
     def paper_loss_ablation(self) -> dict:
         """The same PC-CLIP stage with the paper's loss alone (no attribute-direction term), for the
